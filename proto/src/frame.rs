@@ -17,6 +17,9 @@
 
 use core::fmt;
 
+#[cfg(feature = "alloc")]
+use alloc::vec::Vec;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{MAX_GROUP_NAME, MAX_GROUPS};
@@ -453,7 +456,8 @@ pub fn frame_len(buf: &[u8], max_frame: u32) -> Result<Option<usize>, FrameError
 /// What to report when a stream ends with `pending` bytes of an unfinished frame buffered.
 pub fn truncated(pending: &[u8]) -> FrameError {
     let need = match pending.get(..4) {
-        Some(p) => 4 + u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize,
+        // Saturating: on a 32-bit target 4 + u32::MAX does not fit a usize.
+        Some(p) => (u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize).saturating_add(4),
         None => 0,
     };
     FrameError::Truncated {
@@ -469,7 +473,10 @@ pub fn decode(frame: &[u8]) -> Result<Frame<'_>, FrameError> {
     }
     let kind = Kind::from(frame[4]);
     let body = &frame[PREFIX_LEN..];
-    fn header<'a, T: Deserialize<'a>>(kind: Kind, body: &'a [u8]) -> Result<(T, &'a [u8]), FrameError> {
+    fn header<'a, T: Deserialize<'a>>(
+        kind: Kind,
+        body: &'a [u8],
+    ) -> Result<(T, &'a [u8]), FrameError> {
         postcard::take_from_bytes(body).map_err(|_| FrameError::Malformed(kind))
     }
     fn only<'a, T: Deserialize<'a>>(kind: Kind, body: &'a [u8]) -> Result<T, FrameError> {
@@ -505,7 +512,10 @@ pub fn decode(frame: &[u8]) -> Result<Frame<'_>, FrameError> {
             if publish.groups.is_empty() {
                 return Err(FrameError::Malformed(kind));
             }
-            publish.groups.iter().try_for_each(|g| check_group_name(g))?;
+            publish
+                .groups
+                .iter()
+                .try_for_each(|g| check_group_name(g))?;
             publish.payload = payload;
             Frame::Publish(publish)
         }
@@ -522,8 +532,16 @@ pub fn decode(frame: &[u8]) -> Result<Frame<'_>, FrameError> {
             Frame::Deliver(deliver)
         }
         Kind::Confirm => Frame::Confirm(only(kind, body)?),
-        Kind::PublishRejected => Frame::PublishRejected(only(kind, body)?),
-        Kind::Skipped => Frame::Skipped(only(kind, body)?),
+        Kind::PublishRejected => {
+            let rejected: PublishRejected<'_> = only(kind, body)?;
+            check_group_name(rejected.group)?;
+            Frame::PublishRejected(rejected)
+        }
+        Kind::Skipped => {
+            let skipped: Skipped<'_> = only(kind, body)?;
+            check_group_name(skipped.group)?;
+            Frame::Skipped(skipped)
+        }
         Kind::Unknown(k) => return Err(FrameError::UnknownKind(k)),
     };
     Ok(frame)
@@ -619,7 +637,7 @@ impl Frame<'_> {
 
     /// Encodes the frame into a new vector.
     #[cfg(feature = "alloc")]
-    pub fn to_vec(&self) -> alloc::vec::Vec<u8> {
+    pub fn to_vec(&self) -> Vec<u8> {
         let mut out = alloc::vec![0; self.encoded_len()];
         let n = self.encode(&mut out).expect("sized by encoded_len");
         out.truncate(n);
@@ -635,8 +653,7 @@ trait ErasedHeader {
 
 impl<T: Serialize> ErasedHeader for T {
     fn size(&self) -> usize {
-        postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
-            .unwrap_or(0)
+        postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default()).unwrap_or(0)
     }
 
     fn write(&self, out: &mut [u8]) -> Result<usize, FrameError> {

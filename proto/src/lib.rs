@@ -25,10 +25,11 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
-
 pub mod auth;
 pub mod endpoint;
 pub mod frame;
+#[cfg(feature = "alloc")]
+pub mod relay;
 mod time;
 
 pub use time::Instant;

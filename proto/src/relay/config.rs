@@ -1,0 +1,99 @@
+//! What a relay allows: limits on frames, groups, queues and slow consumers.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use core::time::Duration;
+
+use crate::auth::AuthKey;
+
+/// What happens when a producer adds to a full group queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Refuse the new object; the producer gets a `PublishRejected { QueueFull }`.
+    #[default]
+    Reject,
+    /// Drop the oldest queued object to make room, and count it.
+    DropOldest,
+}
+
+/// Limits of one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLimits {
+    /// At most this many members at once (`None`: unlimited).
+    pub max_members: Option<usize>,
+    /// At most this many produced objects waiting in the group's queue.
+    pub max_queue: usize,
+    /// What a full queue does.
+    pub overflow: Overflow,
+}
+
+impl Default for GroupLimits {
+    fn default() -> Self {
+        GroupLimits {
+            max_members: None,
+            max_queue: 100_000,
+            overflow: Overflow::Reject,
+        }
+    }
+}
+
+/// Everything the relay state needs to know. Construct with [`RelayConfig::new`] and adjust
+/// the public fields.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The key derived from the shared password.
+    pub key: AuthKey,
+    /// Drawn at random when the relay starts: endpoints see a new epoch after a restart.
+    pub epoch: u64,
+    /// The largest frame the relay accepts (an object plus a few dozen bytes of header).
+    pub max_frame: u32,
+    /// `Some`: only these groups exist, with these limits (tlspyo's `accepted_groups`).
+    /// `None`: any group can be used, with [`RelayConfig::default_limits`].
+    pub allowed_groups: Option<BTreeMap<String, GroupLimits>>,
+    /// Limits of groups when there is no allow-list.
+    pub default_limits: GroupLimits,
+    /// At most this many groups exist at once (bounds retained memory with `max_frame`).
+    pub max_groups: usize,
+    /// At most this many connections at once.
+    pub max_connections: usize,
+    /// Bytes of output a connection may have waiting; past it the endpoint is a slow consumer
+    /// and is disconnected.
+    pub outbound_limit: usize,
+    /// The handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// An endpoint silent for this many of its keepalive intervals is disconnected.
+    pub idle_intervals: u32,
+    /// Sessions remembered after they disconnect, to recognise resent publishes.
+    pub max_sessions: usize,
+}
+
+/// The relay's default limit for an object: 16 MiB.
+pub const DEFAULT_MAX_OBJECT: u32 = 16 * 1024 * 1024;
+
+impl RelayConfig {
+    /// Defaults: 16 MiB objects, any group, 10,000 groups and connections, 64 MiB outbound
+    /// per connection, 10 s handshake, 3 silent keepalive intervals.
+    pub fn new(key: AuthKey, epoch: u64) -> Self {
+        RelayConfig {
+            key,
+            epoch,
+            max_frame: DEFAULT_MAX_OBJECT + 1024,
+            allowed_groups: None,
+            default_limits: GroupLimits::default(),
+            max_groups: 10_000,
+            max_connections: 10_000,
+            outbound_limit: 64 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            idle_intervals: 3,
+            max_sessions: 100_000,
+        }
+    }
+
+    /// The limits of `group`, or `None` when the allow-list does not have it.
+    pub fn limits(&self, group: &str) -> Option<&GroupLimits> {
+        match &self.allowed_groups {
+            Some(list) => list.get(group),
+            None => Some(&self.default_limits),
+        }
+    }
+}

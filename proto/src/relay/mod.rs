@@ -1,0 +1,905 @@
+//! The relay's group logic over many connections, without I/O (feature `alloc`).
+//!
+//! [`RelayState`] plays the part of quinn-proto's `Endpoint`: the driver accepts a connection
+//! ([`RelayState::accept`]), feeds its bytes ([`RelayState::handle_input`]), writes what
+//! [`RelayState::poll_transmit`] hands out for the connections [`RelayState::poll_dirty`] names,
+//! reports what the socket took ([`RelayState::handle_written`]), acts on
+//! [`RelayState::poll_event`] (log lines, closing sockets) and calls
+//! [`RelayState::handle_timeout`] now and then. Every rule lives here:
+//!
+//! - **handshake**: `Hello` → `Challenge` → `Proof` → `Welcome` (or `Close` with a reason);
+//!   nothing else is accepted before `Welcome`; a deadline applies;
+//! - **membership** is fixed at connect; joining delivers each group's retained broadcast;
+//! - **broadcast** fans out to every member (the sender too, when it is one) with a per-group
+//!   sequence number, encoded once and shared; the last one is retained; a member whose
+//!   `max_frame` is too small gets a `Skipped` notice instead;
+//! - **produce** appends to the group's FIFO (bounded, with an [`Overflow`] policy); objects go
+//!   to members with credit, in the order credit was granted; `Notify` with negative credit takes
+//!   everything queued now; an object too large for a consumer waits for one that can take it;
+//! - **acknowledgements**: each produced delivery has a per-connection tag; `Ack` is cumulative;
+//!   what a closing connection had not acknowledged goes back to the front of its queue;
+//! - **producer confirms**: every `Publish` is confirmed (one `Confirm` per input batch); a
+//!   resend of a sequence number the session already handled is dropped and confirmed again;
+//! - **slow consumers**: a connection whose waiting output exceeds `outbound_limit` is closed;
+//! - **keepalive**: `Ping` is answered; a connection silent for `idle_intervals` of its stated
+//!   keepalive is closed.
+
+mod config;
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::time::Duration;
+
+pub use config::{DEFAULT_MAX_OBJECT, GroupLimits, Overflow, RelayConfig};
+
+use crate::auth::{Role, Transcript};
+use crate::frame::{
+    self, Challenge, Close, CloseCode, Confirm, Deliver, Delivery, Frame, FrameError, Publish,
+    PublishKind, PublishRejected, RejectReason, Skipped, Welcome,
+};
+use crate::{Instant, PROTOCOL_VERSION};
+
+/// Identifies one connection of the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Bytes for one connection's socket. Broadcast frames and produced payloads are shared
+/// between connections rather than copied.
+#[derive(Debug, Clone)]
+pub enum Chunk {
+    /// Bytes for this connection only.
+    Owned(Vec<u8>),
+    /// Bytes shared with other connections (a broadcast frame, a produced payload).
+    Shared(Arc<[u8]>),
+}
+
+impl core::ops::Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(v) => v,
+            Chunk::Shared(s) => s,
+        }
+    }
+}
+
+/// What the driver must know about (log it; close sockets on `Closing`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// An endpoint proved the password and joined its groups.
+    Authenticated {
+        /// The connection.
+        conn: ConnId,
+        /// The endpoint's session id.
+        session: [u8; 16],
+        /// The groups it joined.
+        groups: Vec<String>,
+        /// Whether this session was seen before (a reconnect).
+        resumed: bool,
+    },
+    /// The connection ends: write what `poll_transmit` still has for it (the last chunk is the
+    /// `Close` frame), then close the socket and call [`RelayState::connection_lost`].
+    Closing {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        code: CloseCode,
+        /// Details for the log.
+        detail: String,
+    },
+}
+
+/// Counters for logs and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Handshakes that failed (wrong password, refused groups, …).
+    pub auth_failures: u64,
+    /// Objects broadcast (counted once per broadcast).
+    pub broadcasts: u64,
+    /// Objects produced and queued.
+    pub produced: u64,
+    /// Produced objects dropped by a `DropOldest` queue.
+    pub dropped_oldest: u64,
+    /// Publishes rejected for a group.
+    pub rejected: u64,
+    /// Broadcasts skipped for a member because they exceed its `max_frame`.
+    pub skipped: u64,
+    /// Produced objects put back in line because their consumer left before acknowledging.
+    pub redelivered: u64,
+    /// Resent publishes recognised and dropped.
+    pub duplicates: u64,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: u64,
+}
+
+#[derive(Debug)]
+enum Phase {
+    AwaitHello,
+    AwaitProof(Box<HelloInfo>),
+    Open,
+    Closed,
+}
+
+#[derive(Debug)]
+struct HelloInfo {
+    nonce: [u8; 32],
+    session: [u8; 16],
+    groups: Vec<String>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    tag: u64,
+    group: String,
+    payload: Arc<[u8]>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    phase: Phase,
+    relay_nonce: [u8; 32],
+    accepted_at: Instant,
+    last_rx: Instant,
+    session: [u8; 16],
+    groups: Vec<String>,
+    max_frame: u32,
+    keepalive: Duration,
+    out: VecDeque<Chunk>,
+    /// Bytes queued in `out` plus bytes handed to the driver and not yet reported written.
+    backlog: usize,
+    dirty: bool,
+    next_tag: u64,
+    in_flight: VecDeque<InFlight>,
+    confirm: Option<u64>,
+}
+
+impl Conn {
+    fn push(&mut self, chunk: Chunk) {
+        self.backlog += chunk.len();
+        self.out.push_back(chunk);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    members: Vec<ConnId>,
+    next_seq: u64,
+    retained: Option<Arc<[u8]>>,
+    queue: VecDeque<Arc<[u8]>>,
+    /// Credit in the order it was granted: (connection, objects still wanted).
+    grants: VecDeque<(ConnId, u32)>,
+}
+
+#[derive(Debug)]
+struct SessionRecord {
+    last_seq: u64,
+    conn: Option<ConnId>,
+    last_seen: u64,
+}
+
+/// The relay's state over all connections and groups. See the [module docs](self).
+#[derive(Debug)]
+pub struct RelayState {
+    config: RelayConfig,
+    conns: BTreeMap<ConnId, Conn>,
+    groups: BTreeMap<String, Group>,
+    sessions: BTreeMap<[u8; 16], SessionRecord>,
+    next_conn: u64,
+    tick: u64,
+    dirty: VecDeque<ConnId>,
+    events: VecDeque<RelayEvent>,
+    stats: RelayStats,
+}
+
+impl RelayState {
+    /// A relay with no connections and no groups.
+    pub fn new(config: RelayConfig) -> Self {
+        RelayState {
+            config,
+            conns: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            next_conn: 1,
+            tick: 0,
+            dirty: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: RelayStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+
+    /// Connections known (in any phase).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Members of `group` now.
+    pub fn member_count(&self, group: &str) -> usize {
+        self.groups.get(group).map_or(0, |g| g.members.len())
+    }
+
+    /// Produced objects waiting in `group`'s queue.
+    pub fn queue_len(&self, group: &str) -> usize {
+        self.groups.get(group).map_or(0, |g| g.queue.len())
+    }
+
+    /// A new connection; `nonce` is fresh randomness from the driver for its `Challenge`.
+    /// When the relay is full the connection is closed at once with `TooManyConnections`.
+    pub fn accept(&mut self, now: Instant, nonce: [u8; 32]) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        self.stats.accepted += 1;
+        let full = self.conns.len() >= self.config.max_connections;
+        self.conns.insert(
+            id,
+            Conn {
+                phase: Phase::AwaitHello,
+                relay_nonce: nonce,
+                accepted_at: now,
+                last_rx: now,
+                session: [0; 16],
+                groups: Vec::new(),
+                max_frame: frame::MIN_MAX_FRAME,
+                keepalive: Duration::from_secs(5),
+                out: VecDeque::new(),
+                backlog: 0,
+                dirty: false,
+                next_tag: 1,
+                in_flight: VecDeque::new(),
+                confirm: None,
+            },
+        );
+        if full {
+            self.close(id, CloseCode::TooManyConnections, "");
+        }
+        id
+    }
+
+    /// Handles bytes received on `conn`: consumes every whole frame at the front of `buf` and
+    /// returns how many bytes that was (the rest is a partial frame: keep it and append). After
+    /// an error the connection is closing (see [`RelayEvent::Closing`]) and everything is
+    /// reported consumed.
+    pub fn handle_input(&mut self, now: Instant, conn: ConnId, buf: &[u8]) -> usize {
+        let mut consumed = 0;
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return buf.len();
+            };
+            if matches!(c.phase, Phase::Closed) {
+                return buf.len();
+            }
+            // Before the handshake is over the endpoint has proved nothing: keep its frames small.
+            let limit = match c.phase {
+                Phase::Open => self.config.max_frame,
+                _ => frame::MIN_MAX_FRAME,
+            };
+            let rest = &buf[consumed..];
+            let len = match frame::frame_len(rest, limit) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => {
+                    self.protocol_error(conn, e);
+                    return buf.len();
+                }
+            };
+            c.last_rx = now;
+            match frame::decode(&rest[..len]) {
+                Ok(f) => self.handle_frame(now, conn, f),
+                Err(e) => {
+                    self.protocol_error(conn, e);
+                    return buf.len();
+                }
+            }
+            consumed += len;
+        }
+        self.flush_confirm(conn);
+        consumed
+    }
+
+    fn protocol_error(&mut self, conn: ConnId, e: FrameError) {
+        let code = match e {
+            FrameError::TooLarge { .. } => CloseCode::FrameTooLarge,
+            _ => CloseCode::ProtocolViolation,
+        };
+        self.close(conn, code, &e.to_string());
+    }
+
+    fn handle_frame(&mut self, now: Instant, conn: ConnId, f: Frame<'_>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        match (&c.phase, f) {
+            (Phase::AwaitHello, Frame::Hello(h)) => {
+                if h.version != PROTOCOL_VERSION {
+                    let detail = alloc::format!(
+                        "endpoint speaks version {}, relay speaks {}",
+                        h.version,
+                        PROTOCOL_VERSION
+                    );
+                    self.stats.auth_failures += 1;
+                    self.close(conn, CloseCode::UnsupportedVersion, &detail);
+                    return;
+                }
+                c.max_frame = h.max_frame.max(frame::MIN_MAX_FRAME);
+                c.keepalive = Duration::from_millis(u64::from(h.keepalive_ms.max(100)));
+                let nonce = c.relay_nonce;
+                c.phase = Phase::AwaitProof(Box::new(HelloInfo {
+                    nonce: h.nonce,
+                    session: h.session,
+                    groups: h.groups.iter().map(|g| g.to_string()).collect(),
+                }));
+                self.send(conn, Frame::Challenge(Challenge { nonce }));
+            }
+            (Phase::AwaitProof(_), Frame::Proof(p)) => {
+                let Phase::AwaitProof(hello) = core::mem::replace(&mut c.phase, Phase::AwaitHello)
+                else {
+                    unreachable!()
+                };
+                self.finish_handshake(now, conn, *hello, &p.mac);
+            }
+            (Phase::Open, Frame::Publish(p)) => self.publish(conn, p),
+            (Phase::Open, Frame::Notify(n)) => {
+                if !c.groups.iter().any(|g| g == n.group) {
+                    let detail = alloc::format!(
+                        "notify for group {:?}, which this endpoint has not joined",
+                        n.group
+                    );
+                    self.close(conn, CloseCode::ProtocolViolation, &detail);
+                    return;
+                }
+                let group = n.group.to_string();
+                self.grant(conn, &group, n.credit);
+            }
+            (Phase::Open, Frame::Ack(a)) => {
+                if a.up_to >= c.next_tag {
+                    let detail = alloc::format!(
+                        "ack for delivery {}, but only {} were sent",
+                        a.up_to,
+                        c.next_tag - 1
+                    );
+                    self.close(conn, CloseCode::ProtocolViolation, &detail);
+                    return;
+                }
+                while c.in_flight.front().is_some_and(|f| f.tag <= a.up_to) {
+                    c.in_flight.pop_front();
+                }
+            }
+            (Phase::Open, Frame::Ping) => self.send(conn, Frame::Pong),
+            (Phase::Open, Frame::Pong) => {}
+            (_, Frame::Close(cl)) => {
+                // The endpoint stops: answer in kind so it knows everything before arrived.
+                let detail = cl.detail.to_string();
+                self.close(conn, cl.code, &detail);
+            }
+            (phase, other) => {
+                let detail = match phase {
+                    Phase::Open => {
+                        alloc::format!("{} frame not allowed from an endpoint", other.kind())
+                    }
+                    _ => alloc::format!("{} frame before the handshake finished", other.kind()),
+                };
+                self.close(conn, CloseCode::ProtocolViolation, &detail);
+            }
+        }
+    }
+
+    fn finish_handshake(&mut self, now: Instant, conn: ConnId, hello: HelloInfo, mac: &[u8; 32]) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let names: Vec<&str> = hello.groups.iter().map(String::as_str).collect();
+        let transcript = Transcript {
+            version: PROTOCOL_VERSION,
+            endpoint_nonce: &hello.nonce,
+            relay_nonce: &c.relay_nonce,
+            session: &hello.session,
+            groups: &names,
+        };
+        if !self.config.key.verify(Role::Endpoint, &transcript, mac) {
+            self.stats.auth_failures += 1;
+            self.close(conn, CloseCode::BadPassword, "");
+            return;
+        }
+        let relay_mac = self.config.key.proof(Role::Relay, &transcript);
+        // Group rules are checked only after the proof, so they reveal nothing to strangers.
+        for group in &hello.groups {
+            let refusal = match self.config.limits(group) {
+                None => Some((
+                    CloseCode::GroupRefused,
+                    alloc::format!("group {group:?} is not on the relay's allow-list"),
+                )),
+                Some(limits) => {
+                    let members = self.groups.get(group).map_or(0, |g| g.members.len());
+                    if limits.max_members.is_some_and(|max| members >= max) {
+                        Some((
+                            CloseCode::GroupFull,
+                            alloc::format!("group {group:?} already has {members} members"),
+                        ))
+                    } else if !self.groups.contains_key(group)
+                        && self.groups.len() >= self.config.max_groups
+                    {
+                        Some((
+                            CloseCode::GroupRefused,
+                            alloc::format!("the relay already has {} groups", self.groups.len()),
+                        ))
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some((code, detail)) = refusal {
+                self.stats.auth_failures += 1;
+                self.close(conn, code, &detail);
+                return;
+            }
+        }
+        // One session, one connection: a reconnect that overtakes the old connection's death
+        // replaces it.
+        self.tick += 1;
+        let record = self.sessions.entry(hello.session).or_insert(SessionRecord {
+            last_seq: 0,
+            conn: None,
+            last_seen: 0,
+        });
+        let resumed = record.last_seen != 0;
+        let previous = record.conn.replace(conn);
+        record.last_seen = self.tick;
+        let last_seq = record.last_seq;
+        if let Some(old) = previous.filter(|old| *old != conn) {
+            self.close(old, CloseCode::SessionTakenOver, "");
+        }
+        self.forget_old_sessions();
+
+        let c = self.conns.get_mut(&conn).expect("checked above");
+        c.phase = Phase::Open;
+        c.session = hello.session;
+        c.last_rx = now;
+        c.groups = hello.groups.clone();
+        let max_frame = self.config.max_frame;
+        let epoch = self.config.epoch;
+        self.send(
+            conn,
+            Frame::Welcome(Welcome {
+                mac: relay_mac,
+                max_frame,
+                last_seq,
+                epoch,
+            }),
+        );
+        for name in &hello.groups {
+            let group = self.groups.entry(name.clone()).or_default();
+            group.members.push(conn);
+            if let Some(retained) = group.retained.clone() {
+                self.deliver_broadcast(conn, name, &retained);
+            }
+        }
+        self.events.push_back(RelayEvent::Authenticated {
+            conn,
+            session: hello.session,
+            groups: hello.groups,
+            resumed,
+        });
+    }
+
+    /// Keeps the session table bounded: forgets the disconnected sessions seen longest ago.
+    fn forget_old_sessions(&mut self) {
+        while self.sessions.len() > self.config.max_sessions {
+            let oldest = self
+                .sessions
+                .iter()
+                .filter(|(_, r)| r.conn.is_none())
+                .min_by_key(|(_, r)| r.last_seen)
+                .map(|(k, _)| *k);
+            match oldest {
+                Some(k) => {
+                    self.sessions.remove(&k);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn publish(&mut self, conn: ConnId, p: Publish<'_>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.confirm = Some(p.seq);
+        let session = c.session;
+        let record = self
+            .sessions
+            .get_mut(&session)
+            .expect("open connections have a session");
+        if p.seq <= record.last_seq {
+            self.stats.duplicates += 1;
+            return;
+        }
+        record.last_seq = p.seq;
+        // The payload is copied once out of the input buffer and shared from then on.
+        let payload: Arc<[u8]> = Arc::from(p.payload);
+        for group in p.groups.iter().copied() {
+            if let Err(reason) = self.publish_to(p.kind, group, &payload) {
+                self.stats.rejected += 1;
+                self.send(
+                    conn,
+                    Frame::PublishRejected(PublishRejected {
+                        seq: p.seq,
+                        group,
+                        reason,
+                    }),
+                );
+            }
+        }
+    }
+
+    fn publish_to(
+        &mut self,
+        kind: PublishKind,
+        name: &str,
+        payload: &Arc<[u8]>,
+    ) -> Result<(), RejectReason> {
+        let limits = self
+            .config
+            .limits(name)
+            .ok_or(RejectReason::GroupRefused)?
+            .clone();
+        if !self.groups.contains_key(name) && self.groups.len() >= self.config.max_groups {
+            return Err(RejectReason::TooManyGroups);
+        }
+        let group = self.groups.entry(name.to_string()).or_default();
+        match kind {
+            PublishKind::Broadcast => {
+                group.next_seq += 1;
+                let seq = group.next_seq;
+                let frame: Arc<[u8]> = Frame::Deliver(Deliver {
+                    group: name,
+                    delivery: Delivery::Broadcast { seq },
+                    payload,
+                })
+                .to_vec()
+                .into();
+                group.retained = Some(frame.clone());
+                let members = group.members.clone();
+                self.stats.broadcasts += 1;
+                for m in members {
+                    self.deliver_broadcast(m, name, &frame);
+                }
+            }
+            PublishKind::Produce => {
+                if group.queue.len() >= limits.max_queue {
+                    match limits.overflow {
+                        Overflow::Reject => return Err(RejectReason::QueueFull),
+                        Overflow::DropOldest => {
+                            group.queue.pop_front();
+                            self.stats.dropped_oldest += 1;
+                        }
+                    }
+                }
+                group.queue.push_back(payload.clone());
+                self.stats.produced += 1;
+                self.dispatch(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a broadcast frame to one member, or a `Skipped` notice when it is too large.
+    fn deliver_broadcast(&mut self, conn: ConnId, group: &str, frame: &Arc<[u8]>) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if frame.len() > c.max_frame as usize {
+            self.stats.skipped += 1;
+            // The sequence number sits in the frame; decode it back rather than pass it around.
+            let seq = match frame::decode(frame) {
+                Ok(Frame::Deliver(Deliver {
+                    delivery: Delivery::Broadcast { seq },
+                    ..
+                })) => seq,
+                _ => 0,
+            };
+            let size = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+            self.send(conn, Frame::Skipped(Skipped { group, seq, size }));
+        } else {
+            self.enqueue(conn, Chunk::Shared(frame.clone()));
+        }
+    }
+
+    fn grant(&mut self, conn: ConnId, name: &str, credit: i32) {
+        let Some(group) = self.groups.get_mut(name) else {
+            return;
+        };
+        if credit > 0 {
+            match group.grants.back_mut() {
+                // Consecutive grants of one connection merge; order is unchanged.
+                Some((last, n)) if *last == conn => *n = n.saturating_add(credit as u32),
+                _ => group.grants.push_back((conn, credit as u32)),
+            }
+            self.dispatch(name);
+        } else if credit < 0 {
+            // Everything queued now that fits this endpoint, and no standing credit.
+            let max = self.conns.get(&conn).map_or(0, |c| c.max_frame as usize);
+            let mut taken = Vec::new();
+            let group = self.groups.get_mut(name).expect("looked up above");
+            let mut i = 0;
+            while i < group.queue.len() {
+                if produced_frame_len(name, &group.queue[i]) <= max {
+                    taken.push(group.queue.remove(i).expect("index in range"));
+                } else {
+                    i += 1;
+                }
+            }
+            for payload in taken {
+                self.deliver_produced(conn, name, payload);
+            }
+        }
+    }
+
+    /// Hands queued objects of a group to members with credit, in the order credit was granted.
+    fn dispatch(&mut self, name: &str) {
+        loop {
+            let Some(group) = self.groups.get_mut(name) else {
+                return;
+            };
+            if group.queue.is_empty() || group.grants.is_empty() {
+                return;
+            }
+            // The first grant whose endpoint can take some queued object gets the oldest such
+            // object.
+            let mut pick = None;
+            for (gi, (conn, _)) in group.grants.iter().enumerate() {
+                let max = self.conns.get(conn).map_or(0, |c| c.max_frame as usize);
+                if let Some(qi) = group
+                    .queue
+                    .iter()
+                    .position(|p| produced_frame_len(name, p) <= max)
+                {
+                    pick = Some((gi, qi));
+                    break;
+                }
+            }
+            let Some((gi, qi)) = pick else {
+                return;
+            };
+            let payload = group.queue.remove(qi).expect("index in range");
+            let conn = group.grants[gi].0;
+            group.grants[gi].1 -= 1;
+            if group.grants[gi].1 == 0 {
+                group.grants.remove(gi);
+            }
+            self.deliver_produced(conn, name, payload);
+        }
+    }
+
+    fn deliver_produced(&mut self, conn: ConnId, group: &str, payload: Arc<[u8]>) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let tag = c.next_tag;
+        c.next_tag += 1;
+        let header = Frame::Deliver(Deliver {
+            group,
+            delivery: Delivery::Produced { tag },
+            payload: &[],
+        });
+        let mut head = alloc::vec![0; header.encoded_len()];
+        let n = header
+            .encode_header(payload.len(), &mut head)
+            .expect("sized by encoded_len");
+        head.truncate(n);
+        c.in_flight.push_back(InFlight {
+            tag,
+            group: group.to_string(),
+            payload: payload.clone(),
+        });
+        self.enqueue(conn, Chunk::Owned(head));
+        self.enqueue(conn, Chunk::Shared(payload));
+    }
+
+    fn flush_confirm(&mut self, conn: ConnId) {
+        if let Some(up_to) = self.conns.get_mut(&conn).and_then(|c| c.confirm.take()) {
+            self.send(conn, Frame::Confirm(Confirm { up_to }));
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, f: Frame<'_>) {
+        self.enqueue(conn, Chunk::Owned(f.to_vec()));
+    }
+
+    /// Queues output for a connection, closing it as a slow consumer when its backlog is over
+    /// the limit.
+    fn enqueue(&mut self, conn: ConnId, chunk: Chunk) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if matches!(c.phase, Phase::Closed) {
+            return;
+        }
+        if c.backlog > self.config.outbound_limit {
+            self.stats.slow_consumers += 1;
+            let detail = alloc::format!("more than {} bytes waiting", self.config.outbound_limit);
+            // What is still queued for it is dropped; the Close frame goes out alone.
+            c.backlog -= c.out.iter().map(|ch| ch.len()).sum::<usize>();
+            c.out.clear();
+            self.close(conn, CloseCode::SlowConsumer, &detail);
+            return;
+        }
+        c.push(chunk);
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push_back(conn);
+        }
+    }
+
+    /// Ends a connection: leaves its groups, puts what it had not acknowledged back at the front
+    /// of their queues, sends `Close`, and reports [`RelayEvent::Closing`].
+    fn close(&mut self, conn: ConnId, code: CloseCode, detail: &str) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if matches!(c.phase, Phase::Closed) {
+            return;
+        }
+        let was_open = matches!(c.phase, Phase::Open);
+        let close = Frame::Close(Close { code, detail }).to_vec();
+        c.push(Chunk::Owned(close));
+        c.phase = Phase::Closed;
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push_back(conn);
+        }
+        self.events.push_back(RelayEvent::Closing {
+            conn,
+            code,
+            detail: detail.to_string(),
+        });
+        if was_open {
+            self.leave(conn);
+        }
+    }
+
+    /// Removes a connection from its groups and requeues its unacknowledged objects.
+    fn leave(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let groups = core::mem::take(&mut c.groups);
+        let in_flight = core::mem::take(&mut c.in_flight);
+        if let Some(record) = self.sessions.get_mut(&c.session) {
+            if record.conn == Some(conn) {
+                record.conn = None;
+            }
+        }
+        self.stats.redelivered += in_flight.len() as u64;
+        // Back to the front, keeping their order.
+        for item in in_flight.into_iter().rev() {
+            if let Some(group) = self.groups.get_mut(&item.group) {
+                group.queue.push_front(item.payload);
+            }
+        }
+        for name in &groups {
+            if let Some(group) = self.groups.get_mut(name) {
+                group.members.retain(|m| *m != conn);
+                group.grants.retain(|(m, _)| *m != conn);
+            }
+        }
+        for name in &groups {
+            self.dispatch(name);
+        }
+    }
+
+    /// The socket of `conn` is gone (after a `Closing` event, or because it failed): forgets
+    /// the connection. Unacknowledged objects go back in line.
+    pub fn connection_lost(&mut self, conn: ConnId) {
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| matches!(c.phase, Phase::Open))
+        {
+            self.leave(conn);
+        }
+        self.conns.remove(&conn);
+    }
+
+    /// Closes every connection with `Shutdown` (the relay is stopping).
+    pub fn shutdown(&mut self) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close(id, CloseCode::Shutdown, "");
+        }
+    }
+
+    /// The next connection with output waiting, if any.
+    pub fn poll_dirty(&mut self) -> Option<ConnId> {
+        let id = self.dirty.pop_front()?;
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.dirty = false;
+        }
+        Some(id)
+    }
+
+    /// The next chunk of output for `conn`. Report what the socket accepted with
+    /// [`handle_written`](Self::handle_written).
+    pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Chunk> {
+        self.conns.get_mut(&conn)?.out.pop_front()
+    }
+
+    /// The socket of `conn` took `bytes` bytes handed out by `poll_transmit`.
+    pub fn handle_written(&mut self, conn: ConnId, bytes: usize) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.backlog = c.backlog.saturating_sub(bytes);
+        }
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<RelayEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must run next (a scan over connections:
+    /// drivers with many connections may instead call `handle_timeout` on a fixed tick).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conns.values().filter_map(|c| self.deadline(c)).min()
+    }
+
+    fn deadline(&self, c: &Conn) -> Option<Instant> {
+        match c.phase {
+            Phase::AwaitHello | Phase::AwaitProof(_) => {
+                Some(c.accepted_at + self.config.handshake_timeout)
+            }
+            Phase::Open => Some(c.last_rx + c.keepalive * self.config.idle_intervals),
+            Phase::Closed => None,
+        }
+    }
+
+    /// Closes connections past their handshake deadline or silent for too long.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<(ConnId, CloseCode)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| self.deadline(c).is_some_and(|d| now >= d))
+            .map(|(id, c)| {
+                let code = match c.phase {
+                    Phase::Open => CloseCode::IdleTimeout,
+                    _ => CloseCode::AuthTimeout,
+                };
+                (*id, code)
+            })
+            .collect();
+        for (id, code) in expired {
+            if code == CloseCode::AuthTimeout {
+                self.stats.auth_failures += 1;
+            }
+            self.close(id, code, "");
+        }
+    }
+}
+
+/// The size of the frame that delivers a produced payload of `group` (its tag varint taken at
+/// the largest, so the check never underestimates).
+fn produced_frame_len(group: &str, payload: &[u8]) -> usize {
+    frame::PREFIX_LEN + 1 + group.len() + 1 + 10 + payload.len()
+}
+
+#[cfg(test)]
+mod tests;

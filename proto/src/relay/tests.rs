@@ -1,0 +1,814 @@
+//! The relay state against real endpoint sessions on virtual time: a many-sided `Pair`.
+
+use std::string::String;
+use std::vec::Vec;
+
+use super::*;
+use crate::auth::AuthKey;
+use crate::endpoint::{EndpointConfig, EndpointSession, Error as EpError, Event, Input, Phase};
+
+/// What an endpoint saw, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Connected(u64),
+    Broadcast(String, u64, Vec<u8>),
+    Produced(String, u64, Vec<u8>),
+    Confirmed(u64),
+    Rejected(u64, String, RejectReason),
+    Skipped(String, u64),
+    Stopped,
+}
+
+struct Ep {
+    session: EndpointSession,
+    conn: Option<ConnId>,
+    inbox: Vec<u8>,
+    seen: Vec<Seen>,
+    error: Option<EpError>,
+    /// Publish frames encoded and not yet given to the relay.
+    outbox: Vec<Vec<u8>>,
+}
+
+struct Net {
+    relay: RelayState,
+    eps: Vec<Ep>,
+    now: Instant,
+    nonce: u8,
+}
+
+fn key() -> AuthKey {
+    AuthKey::from_bytes([7; 32])
+}
+
+impl Net {
+    fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    fn with(f: impl FnOnce(&mut RelayConfig)) -> Self {
+        let mut config = RelayConfig::new(key(), 42);
+        f(&mut config);
+        Net {
+            relay: RelayState::new(config),
+            eps: Vec::new(),
+            now: Instant::from_millis(1000),
+            nonce: 0,
+        }
+    }
+
+    fn fresh(&mut self) -> [u8; 32] {
+        self.nonce = self.nonce.wrapping_add(1);
+        [self.nonce; 32]
+    }
+
+    /// Adds an endpoint and connects it (call `drive` to run the handshake).
+    fn endpoint(&mut self, groups: &[&str]) -> usize {
+        self.endpoint_with(key(), groups, |_| {})
+    }
+
+    fn endpoint_with(
+        &mut self,
+        key: AuthKey,
+        groups: &[&str],
+        f: impl FnOnce(&mut EndpointConfig),
+    ) -> usize {
+        let id = self.eps.len() as u8;
+        let mut config = EndpointConfig::new(key, [id + 1; 16], groups).unwrap();
+        f(&mut config);
+        self.eps.push(Ep {
+            session: EndpointSession::new(config),
+            conn: None,
+            inbox: Vec::new(),
+            seen: Vec::new(),
+            error: None,
+            outbox: Vec::new(),
+        });
+        let i = self.eps.len() - 1;
+        self.connect(i);
+        i
+    }
+
+    fn connect(&mut self, i: usize) {
+        let nonce = self.fresh();
+        let relay_nonce = self.fresh();
+        let now = self.now;
+        let ep = &mut self.eps[i];
+        ep.session.start_connection(now, nonce).unwrap();
+        ep.inbox.clear();
+        ep.error = None;
+        ep.conn = Some(self.relay.accept(now, relay_nonce));
+    }
+
+    /// The endpoint's socket dies (no Close frame).
+    fn kill(&mut self, i: usize) {
+        let ep = &mut self.eps[i];
+        if let Some(conn) = ep.conn.take() {
+            self.relay.connection_lost(conn);
+        }
+        ep.session.connection_lost();
+    }
+
+    fn publish(&mut self, i: usize, kind: PublishKind, groups: &[&str], payload: &[u8]) -> u64 {
+        let mut buf = std::vec![0; payload.len() + 512];
+        let (seq, n) = self.eps[i]
+            .session
+            .publish(kind, groups, payload, &mut buf)
+            .unwrap();
+        buf.truncate(n);
+        self.eps[i].outbox.push(buf);
+        seq
+    }
+
+    fn broadcast(&mut self, i: usize, group: &str, payload: &[u8]) -> u64 {
+        self.publish(i, PublishKind::Broadcast, &[group], payload)
+    }
+
+    fn produce(&mut self, i: usize, group: &str, payload: &[u8]) -> u64 {
+        self.publish(i, PublishKind::Produce, &[group], payload)
+    }
+
+    fn notify(&mut self, i: usize, group: &str, n: i32) {
+        self.eps[i].session.notify(group, n).unwrap();
+    }
+
+    /// Runs every side until nothing moves.
+    fn drive(&mut self) {
+        for _ in 0..10_000 {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("the network did not settle");
+    }
+
+    fn step(&mut self) -> bool {
+        let mut moved = false;
+        let now = self.now;
+        for ep in &mut self.eps {
+            let Some(conn) = ep.conn else { continue };
+            let mut buf = [0u8; 4096];
+            let n = ep.session.poll_transmit(&mut buf).unwrap_or(0);
+            let mut bytes = buf[..n].to_vec();
+            if ep.session.is_open() {
+                for frame in ep.outbox.drain(..) {
+                    bytes.extend_from_slice(&frame);
+                }
+            }
+            if !bytes.is_empty() {
+                moved = true;
+                let used = self.relay.handle_input(now, conn, &bytes);
+                assert_eq!(used, bytes.len(), "whole frames were fed");
+            }
+        }
+        while let Some(conn) = self.relay.poll_dirty() {
+            // A connection nobody reads keeps its output (a consumer that stopped reading).
+            let Some(ep) = self.eps.iter_mut().find(|e| e.conn == Some(conn)) else {
+                continue;
+            };
+            while let Some(chunk) = self.relay.poll_transmit(conn) {
+                moved = true;
+                ep.inbox.extend_from_slice(&chunk);
+                self.relay.handle_written(conn, chunk.len());
+            }
+        }
+        for ep in &mut self.eps {
+            if ep.conn.is_none() || ep.inbox.is_empty() {
+                continue;
+            }
+            loop {
+                match ep.session.handle_input(now, &ep.inbox) {
+                    Ok(Input::NeedMore) => break,
+                    Ok(Input::Frame { consumed, event }) => {
+                        if let Some(e) = event {
+                            ep.seen.push(match e {
+                                Event::Connected { last_seq } => Seen::Connected(last_seq),
+                                Event::Delivered {
+                                    group,
+                                    delivery: Delivery::Broadcast { seq },
+                                    payload,
+                                } => Seen::Broadcast(group.into(), seq, payload.to_vec()),
+                                Event::Delivered {
+                                    group,
+                                    delivery: Delivery::Produced { tag },
+                                    payload,
+                                } => Seen::Produced(group.into(), tag, payload.to_vec()),
+                                Event::Confirmed { up_to } => Seen::Confirmed(up_to),
+                                Event::Rejected { seq, group, reason } => {
+                                    Seen::Rejected(seq, group.into(), reason)
+                                }
+                                Event::Skipped { group, seq, .. } => {
+                                    Seen::Skipped(group.into(), seq)
+                                }
+                                Event::Stopped => Seen::Stopped,
+                            });
+                        }
+                        ep.inbox.drain(..consumed);
+                        moved = true;
+                    }
+                    Err(e) => {
+                        ep.error = Some(e);
+                        ep.inbox.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        // Sockets of connections the relay closed go away once their output is written.
+        while let Some(ev) = self.relay.poll_event() {
+            if let RelayEvent::Closing { conn, .. } = ev {
+                if let Some(ep) = self.eps.iter_mut().find(|e| e.conn == Some(conn)) {
+                    self.relay.connection_lost(conn);
+                    ep.conn = None;
+                    ep.session.connection_lost();
+                }
+                moved = true;
+            }
+        }
+        moved
+    }
+
+    fn seen(&mut self, i: usize) -> Vec<Seen> {
+        core::mem::take(&mut self.eps[i].seen)
+            .into_iter()
+            .filter(|s| !matches!(s, Seen::Confirmed(_) | Seen::Connected(_)))
+            .collect()
+    }
+
+    /// The application takes every produced object seen so far (acks go out on the next drive).
+    fn hand_over(&mut self, i: usize, items: &[Seen]) {
+        for s in items {
+            if let Seen::Produced(g, tag, _) = s {
+                self.eps[i].session.handed_over(g, *tag).unwrap();
+            }
+        }
+    }
+}
+
+fn b(group: &str, seq: u64, p: &[u8]) -> Seen {
+    Seen::Broadcast(group.into(), seq, p.to_vec())
+}
+
+fn payloads(seen: &[Seen]) -> Vec<Vec<u8>> {
+    seen.iter()
+        .filter_map(|s| match s {
+            Seen::Produced(_, _, p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn handshake_and_broadcast_fan_out_including_sender() {
+    let mut net = Net::new();
+    let a = net.endpoint(&["g"]);
+    let c = net.endpoint(&["g"]);
+    let outsider = net.endpoint(&[]);
+    net.drive();
+    assert!(net.eps.iter().all(|e| e.session.is_open()));
+    net.broadcast(a, "g", b"one");
+    net.broadcast(outsider, "g", b"two");
+    net.drive();
+    assert_eq!(net.seen(a), [b("g", 1, b"one"), b("g", 2, b"two")]);
+    assert_eq!(net.seen(c), [b("g", 1, b"one"), b("g", 2, b"two")]);
+    assert_eq!(net.seen(outsider), []);
+    assert!(net.eps[outsider].seen.is_empty());
+}
+
+#[test]
+fn retained_broadcast_on_join_and_not_twice_after_reconnect() {
+    let mut net = Net::new();
+    let p = net.endpoint(&[]);
+    net.drive();
+    net.broadcast(p, "g", b"v1");
+    net.broadcast(p, "g", b"v2");
+    net.drive();
+    let late = net.endpoint(&["g"]);
+    net.drive();
+    assert_eq!(net.seen(late), [b("g", 2, b"v2")]);
+    net.kill(late);
+    net.connect(late);
+    net.drive();
+    assert_eq!(
+        net.seen(late),
+        [],
+        "the retained value seen again is dropped"
+    );
+    net.broadcast(p, "g", b"v3");
+    net.drive();
+    assert_eq!(net.seen(late), [b("g", 3, b"v3")]);
+}
+
+#[test]
+fn several_groups_in_one_publish() {
+    let mut net = Net::new();
+    let x = net.endpoint(&["x"]);
+    let y = net.endpoint(&["y"]);
+    let p = net.endpoint(&[]);
+    net.drive();
+    net.publish(p, PublishKind::Broadcast, &["x", "y"], b"hi");
+    net.drive();
+    assert_eq!(net.seen(x), [b("x", 1, b"hi")]);
+    assert_eq!(net.seen(y), [b("y", 1, b"hi")]);
+}
+
+#[test]
+fn produce_fifo_credit_accumulates_and_waits_for_objects() {
+    let mut net = Net::new();
+    let c = net.endpoint(&["q"]);
+    let p = net.endpoint(&[]);
+    net.drive();
+    net.notify(c, "q", 2);
+    net.notify(c, "q", 1);
+    net.drive();
+    for i in 0..5u8 {
+        net.produce(p, "q", &[i]);
+    }
+    net.drive();
+    let seen = net.seen(c);
+    assert_eq!(payloads(&seen), [[0], [1], [2]]);
+    assert_eq!(net.relay.queue_len("q"), 2);
+    net.notify(c, "q", 5);
+    net.drive();
+    assert_eq!(payloads(&net.seen(c)), [[3], [4]]);
+    assert_eq!(net.eps[c].session.outstanding_credit("q"), Some(3));
+}
+
+#[test]
+fn negative_credit_takes_everything_queued_now_and_leaves_no_credit() {
+    let mut net = Net::new();
+    let c = net.endpoint(&["q"]);
+    let p = net.endpoint(&[]);
+    net.drive();
+    for i in 0..3u8 {
+        net.produce(p, "q", &[i]);
+    }
+    net.drive();
+    net.notify(c, "q", -1);
+    net.drive();
+    assert_eq!(payloads(&net.seen(c)), [[0], [1], [2]]);
+    net.produce(p, "q", &[9]);
+    net.drive();
+    assert_eq!(net.seen(c), []);
+    assert_eq!(net.relay.queue_len("q"), 1);
+}
+
+#[test]
+fn credit_is_served_in_the_order_it_was_granted() {
+    let mut net = Net::new();
+    let c1 = net.endpoint(&["q"]);
+    let c2 = net.endpoint(&["q"]);
+    let p = net.endpoint(&[]);
+    net.drive();
+    // c2 joined later but asks first: it is served first.
+    net.notify(c2, "q", 1);
+    net.drive();
+    net.notify(c1, "q", 1);
+    net.drive();
+    net.produce(p, "q", b"first");
+    net.produce(p, "q", b"second");
+    net.drive();
+    assert_eq!(payloads(&net.seen(c2)), [b"first".to_vec()]);
+    assert_eq!(payloads(&net.seen(c1)), [b"second".to_vec()]);
+}
+
+#[test]
+fn unacknowledged_objects_go_back_to_the_front_for_the_next_consumer() {
+    let mut net = Net::new();
+    let c1 = net.endpoint(&["q"]);
+    let c2 = net.endpoint(&["q"]);
+    let p = net.endpoint(&[]);
+    net.drive();
+    for i in 0..4u8 {
+        net.produce(p, "q", &[i]);
+    }
+    net.notify(c1, "q", 2);
+    net.drive();
+    let got = net.seen(c1);
+    assert_eq!(payloads(&got), [[0], [1]]);
+    // c1 hands over the first, then dies before acknowledging the second.
+    net.hand_over(c1, &got[..1]);
+    net.drive();
+    net.kill(c1);
+    net.drive();
+    net.notify(c2, "q", 3);
+    net.drive();
+    assert_eq!(payloads(&net.seen(c2)), [[1], [2], [3]]);
+    assert_eq!(net.relay.stats().redelivered, 1);
+}
+
+#[test]
+fn reconnect_regrants_outstanding_credit() {
+    let mut net = Net::new();
+    let c = net.endpoint(&["q"]);
+    let p = net.endpoint(&[]);
+    net.drive();
+    net.notify(c, "q", 3);
+    net.produce(p, "q", b"a");
+    net.drive();
+    let got = net.seen(c);
+    assert_eq!(payloads(&got), [b"a".to_vec()]);
+    // Not handed over: after the reconnect the relay redelivers it and credit is 3 again.
+    net.kill(c);
+    net.connect(c);
+    net.drive();
+    assert_eq!(payloads(&net.seen(c)), [b"a".to_vec()]);
+    net.produce(p, "q", b"b");
+    net.produce(p, "q", b"c");
+    net.produce(p, "q", b"d");
+    net.drive();
+    assert_eq!(payloads(&net.seen(c)), [b"b".to_vec(), b"c".to_vec()]);
+}
+
+#[test]
+fn producer_confirms_and_resend_is_recognised() {
+    let mut net = Net::new();
+    let c = net.endpoint(&["g"]);
+    let p = net.endpoint(&[]);
+    net.drive();
+    let s1 = net.broadcast(p, "g", b"x");
+    net.drive();
+    assert!(net.eps[p].seen.contains(&Seen::Confirmed(s1)));
+    // The producer did not see the confirm (say) and resends the same frame after reconnect.
+    let mut buf = [0u8; 64];
+    let frame_len = Frame::Publish(Publish {
+        seq: s1,
+        kind: PublishKind::Broadcast,
+        groups: ["g"].into_iter().collect(),
+        payload: b"x",
+    })
+    .encode(&mut buf)
+    .unwrap();
+    net.kill(p);
+    net.connect(p);
+    net.drive();
+    assert!(
+        net.eps[p].seen.contains(&Seen::Connected(s1)),
+        "Welcome says what was handled"
+    );
+    net.eps[p].outbox.push(buf[..frame_len].to_vec());
+    net.drive();
+    assert_eq!(net.seen(c), [b("g", 1, b"x")]);
+    assert_eq!(net.relay.stats().duplicates, 1);
+}
+
+#[test]
+fn allow_list_refuses_unknown_groups_at_join_and_publish() {
+    let mut net = Net::with(|c| {
+        let mut list = BTreeMap::new();
+        list.insert("ok".to_string(), GroupLimits::default());
+        c.allowed_groups = Some(list);
+    });
+    let bad = net.endpoint(&["nope"]);
+    let p = net.endpoint(&["ok"]);
+    net.drive();
+    assert!(
+        matches!(&net.eps[bad].error, Some(EpError::Rejected(CloseCode::GroupRefused, d)) if d.contains("nope"))
+    );
+    let seq = net.broadcast(p, "nope", b"x");
+    net.drive();
+    assert!(net.eps[p].seen.contains(&Seen::Rejected(
+        seq,
+        "nope".into(),
+        RejectReason::GroupRefused
+    )));
+}
+
+#[test]
+fn max_members_refuses_the_next_member() {
+    let mut net = Net::with(|c| c.default_limits.max_members = Some(1));
+    let a = net.endpoint(&["g"]);
+    net.drive();
+    let b2 = net.endpoint(&["g"]);
+    net.drive();
+    assert!(net.eps[a].session.is_open());
+    assert!(matches!(
+        net.eps[b2].error,
+        Some(EpError::Rejected(CloseCode::GroupFull, _))
+    ));
+}
+
+#[test]
+fn overflow_reject_and_drop_oldest() {
+    let mut net = Net::with(|c| c.default_limits.max_queue = 2);
+    let p = net.endpoint(&[]);
+    net.drive();
+    net.produce(p, "q", b"1");
+    net.produce(p, "q", b"2");
+    let s3 = net.produce(p, "q", b"3");
+    net.drive();
+    assert!(
+        net.eps[p]
+            .seen
+            .contains(&Seen::Rejected(s3, "q".into(), RejectReason::QueueFull))
+    );
+    assert_eq!(net.relay.queue_len("q"), 2);
+
+    let mut net = Net::with(|c| {
+        c.default_limits.max_queue = 2;
+        c.default_limits.overflow = Overflow::DropOldest;
+    });
+    let p = net.endpoint(&[]);
+    let c = net.endpoint(&["q"]);
+    net.drive();
+    for x in [b"1", b"2", b"3"] {
+        net.produce(p, "q", x);
+    }
+    net.drive();
+    assert!(
+        !net.eps[p]
+            .seen
+            .iter()
+            .any(|s| matches!(s, Seen::Rejected(..)))
+    );
+    assert_eq!(net.relay.stats().dropped_oldest, 1);
+    net.notify(c, "q", 10);
+    net.drive();
+    assert_eq!(payloads(&net.seen(c)), [b"2".to_vec(), b"3".to_vec()]);
+}
+
+#[test]
+fn wrong_password_is_rejected_and_others_keep_working() {
+    let mut net = Net::new();
+    let good = net.endpoint(&["g"]);
+    let bad = net.endpoint_with(AuthKey::from_bytes([8; 32]), &["g"], |_| {});
+    net.drive();
+    assert!(matches!(
+        net.eps[bad].error,
+        Some(EpError::Rejected(CloseCode::BadPassword, _))
+    ));
+    assert_eq!(net.relay.member_count("g"), 1);
+    net.broadcast(good, "g", b"still here");
+    net.drive();
+    assert_eq!(net.seen(good), [b("g", 1, b"still here")]);
+}
+
+#[test]
+fn a_broadcast_too_large_for_a_member_is_skipped_for_it_only() {
+    let mut net = Net::new();
+    let small = net.endpoint_with(key(), &["g"], |c| c.max_frame = 1024);
+    let big = net.endpoint(&["g"]);
+    let p = net.endpoint(&[]);
+    net.drive();
+    net.broadcast(p, "g", &[1; 2000]);
+    net.broadcast(p, "g", b"small");
+    net.drive();
+    assert_eq!(
+        net.seen(small),
+        [Seen::Skipped("g".into(), 1), b("g", 2, b"small")]
+    );
+    assert_eq!(net.seen(big), [b("g", 1, &[1; 2000]), b("g", 2, b"small")]);
+}
+
+#[test]
+fn a_produced_object_too_large_waits_for_a_consumer_that_can_take_it() {
+    let mut net = Net::new();
+    let small = net.endpoint_with(key(), &["q"], |c| c.max_frame = 1024);
+    let big = net.endpoint(&["q"]);
+    let p = net.endpoint(&[]);
+    net.drive();
+    net.notify(small, "q", 5);
+    net.drive();
+    net.produce(p, "q", &[1; 2000]);
+    net.produce(p, "q", b"fits");
+    net.drive();
+    assert_eq!(payloads(&net.seen(small)), [b"fits".to_vec()]);
+    net.notify(big, "q", 1);
+    net.drive();
+    assert_eq!(payloads(&net.seen(big)), [std::vec![1; 2000]]);
+}
+
+#[test]
+fn slow_consumer_is_disconnected_and_others_keep_receiving() {
+    let mut net = Net::with(|c| c.outbound_limit = 4096);
+    let slow = net.endpoint(&["g"]);
+    let fast = net.endpoint(&["g"]);
+    let p = net.endpoint(&[]);
+    net.drive();
+    // The slow one never lets its socket take anything: stop reading its output.
+    let slow_conn = net.eps[slow].conn.unwrap();
+    net.eps[slow].conn = None;
+    for i in 0..20u8 {
+        net.broadcast(p, "g", &[i; 500]);
+        net.drive();
+    }
+    assert_eq!(net.seen(fast).len(), 20);
+    let mut closed = false;
+    while let Some(chunk) = net.relay.poll_transmit(slow_conn) {
+        closed |= matches!(
+            frame::decode(&chunk),
+            Ok(Frame::Close(Close {
+                code: CloseCode::SlowConsumer,
+                ..
+            }))
+        );
+    }
+    assert!(
+        closed,
+        "the last thing queued for the slow consumer is its Close"
+    );
+    assert_eq!(net.relay.member_count("g"), 1);
+    assert_eq!(net.relay.stats().slow_consumers, 1);
+}
+
+#[test]
+fn notify_for_a_group_not_joined_closes_with_a_reason() {
+    let mut net = Net::new();
+    let e = net.endpoint(&["g"]);
+    net.drive();
+    let conn = net.eps[e].conn.unwrap();
+    let bytes = Frame::Notify(frame::Notify {
+        group: "other",
+        credit: 1,
+    })
+    .to_vec();
+    net.relay.handle_input(net.now, conn, &bytes);
+    let ev = net.relay.poll_event();
+    assert!(
+        matches!(&ev, Some(RelayEvent::Closing { code: CloseCode::ProtocolViolation, detail, .. }) if detail.contains("other")),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn ack_for_an_unknown_delivery_closes_with_a_reason() {
+    let mut net = Net::new();
+    let e = net.endpoint(&["g"]);
+    net.drive();
+    let conn = net.eps[e].conn.unwrap();
+    let bytes = Frame::Ack(frame::Ack { up_to: 5 }).to_vec();
+    net.relay.handle_input(net.now, conn, &bytes);
+    assert!(matches!(
+        net.relay.poll_event(),
+        Some(RelayEvent::Closing {
+            code: CloseCode::ProtocolViolation,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn frames_before_the_handshake_garbage_and_oversize_are_refused() {
+    let mut net = Net::new();
+    let other = net.endpoint(&["g"]);
+    net.drive();
+    let cases: [(Vec<u8>, CloseCode); 3] = [
+        (
+            Frame::Notify(frame::Notify {
+                group: "g",
+                credit: 1,
+            })
+            .to_vec(),
+            CloseCode::ProtocolViolation,
+        ),
+        (
+            std::vec![0, 0, 0, 3, 0xee, 1, 2],
+            CloseCode::ProtocolViolation,
+        ),
+        (std::vec![0x7f, 0, 0, 0], CloseCode::FrameTooLarge),
+    ];
+    for (bytes, code) in cases {
+        let nonce = net.fresh();
+        let conn = net.relay.accept(net.now, nonce);
+        net.relay.handle_input(net.now, conn, &bytes);
+        match net.relay.poll_event() {
+            Some(RelayEvent::Closing {
+                conn: c, code: got, ..
+            }) => {
+                assert_eq!((c, got), (conn, code));
+            }
+            other => panic!("{other:?}"),
+        }
+        net.relay.connection_lost(conn);
+    }
+    assert!(net.eps[other].session.is_open());
+    assert_eq!(net.relay.member_count("g"), 1);
+}
+
+#[test]
+fn a_replayed_proof_fails_on_a_new_connection() {
+    let mut net = Net::new();
+    let e = net.endpoint(&["g"]);
+    net.drive();
+    // Record the endpoint's Hello and Proof by replaying the handshake of a fresh session.
+    let mut s = EndpointSession::new(EndpointConfig::new(key(), [9; 16], &["g"]).unwrap());
+    s.start_connection(net.now, [5; 32]).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.poll_transmit(&mut buf).unwrap();
+    let hello = buf[..n].to_vec();
+    let conn = net.relay.accept(net.now, [6; 32]);
+    net.relay.handle_input(net.now, conn, &hello);
+    let challenge = net.relay.poll_transmit(conn).unwrap();
+    assert!(matches!(
+        s.handle_input(net.now, &challenge),
+        Ok(Input::Frame { .. })
+    ));
+    let n = s.poll_transmit(&mut buf).unwrap();
+    let proof = buf[..n].to_vec();
+    net.relay.handle_input(net.now, conn, &proof);
+    assert!(matches!(
+        net.relay.poll_event(),
+        Some(RelayEvent::Authenticated { .. })
+    ));
+    // The same Hello and Proof on a new connection with another relay nonce fail.
+    let conn2 = net.relay.accept(net.now, [7; 32]);
+    net.relay.handle_input(net.now, conn2, &hello);
+    net.relay.handle_input(net.now, conn2, &proof);
+    assert!(matches!(
+        net.relay.poll_event(),
+        Some(RelayEvent::Closing {
+            code: CloseCode::BadPassword,
+            ..
+        })
+    ));
+    assert!(net.eps[e].session.is_open());
+}
+
+#[test]
+fn handshake_deadline_and_idle_timeout() {
+    let mut net = Net::new();
+    let e = net.endpoint_with(key(), &["g"], |c| {
+        c.keepalive = Duration::from_secs(1);
+        c.dead_after = Duration::from_secs(100);
+    });
+    net.drive();
+    let silent = net.relay.accept(net.now, [1; 32]);
+    net.now = net.now + Duration::from_secs(11);
+    net.relay.handle_timeout(net.now);
+    let mut codes = Vec::new();
+    while let Some(ev) = net.relay.poll_event() {
+        if let RelayEvent::Closing { conn, code, .. } = ev {
+            codes.push((conn, code));
+        }
+    }
+    assert!(codes.contains(&(silent, CloseCode::AuthTimeout)));
+    assert!(codes.contains(&(net.eps[e].conn.unwrap(), CloseCode::IdleTimeout)));
+}
+
+#[test]
+fn keepalive_pings_keep_a_quiet_endpoint_connected() {
+    let mut net = Net::new();
+    let e = net.endpoint_with(key(), &["g"], |c| c.keepalive = Duration::from_secs(1));
+    net.drive();
+    for _ in 0..10 {
+        net.now = net.now + Duration::from_millis(1100);
+        net.eps[e].session.handle_timeout(net.now);
+        net.relay.handle_timeout(net.now);
+        net.drive();
+    }
+    assert!(net.eps[e].session.is_open());
+    assert_eq!(net.eps[e].session.phase(), Phase::Open);
+}
+
+#[test]
+fn graceful_close_is_answered() {
+    let mut net = Net::new();
+    let e = net.endpoint(&["g"]);
+    net.drive();
+    net.eps[e].session.close(net.now);
+    net.drive();
+    assert!(net.eps[e].seen.contains(&Seen::Stopped));
+    assert_eq!(net.relay.member_count("g"), 0);
+}
+
+#[test]
+fn a_new_connection_of_the_same_session_takes_over() {
+    let mut net = Net::new();
+    let e = net.endpoint(&["g"]);
+    net.drive();
+    let old = net.eps[e].conn.unwrap();
+    // The endpoint thinks its connection died; the relay has not noticed yet.
+    net.eps[e].session.connection_lost();
+    net.connect(e);
+    net.drive();
+    assert!(net.eps[e].session.is_open());
+    assert_eq!(net.relay.member_count("g"), 1);
+    assert!(
+        net.relay
+            .conns
+            .get(&old)
+            .is_none_or(|c| matches!(c.phase, super::Phase::Closed))
+    );
+}
+
+#[test]
+fn unsupported_version_is_refused() {
+    let mut net = Net::new();
+    let conn = net.relay.accept(net.now, [1; 32]);
+    let hello = Frame::Hello(frame::Hello {
+        version: 99,
+        nonce: [0; 32],
+        session: [0; 16],
+        max_frame: 4096,
+        keepalive_ms: 1000,
+        groups: frame::GroupList::new(),
+    })
+    .to_vec();
+    net.relay.handle_input(net.now, conn, &hello);
+    assert!(matches!(
+        net.relay.poll_event(),
+        Some(RelayEvent::Closing {
+            code: CloseCode::UnsupportedVersion,
+            ..
+        })
+    ));
+}
