@@ -95,9 +95,15 @@ pub enum Error {
     /// The relay's proof did not verify: it does not know the password (or is not our relay).
     RelayProofInvalid,
     /// The relay refused this endpoint for good (wrong password, group refused, …).
-    Rejected(CloseCode, #[cfg_attr(feature = "defmt", defmt(Debug2Format))] Detail),
+    Rejected(
+        CloseCode,
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))] Detail,
+    ),
     /// The relay closed the connection; reconnecting may help.
-    Closed(CloseCode, #[cfg_attr(feature = "defmt", defmt(Debug2Format))] Detail),
+    Closed(
+        CloseCode,
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))] Detail,
+    ),
     /// The handshake did not finish in time.
     HandshakeTimeout,
     /// Nothing was heard from the relay for `dead_after`.
@@ -133,7 +139,10 @@ pub enum Error {
 impl Error {
     /// Whether reconnecting cannot help.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Error::Rejected(..) | Error::RelayProofInvalid | Error::Stopped)
+        matches!(
+            self,
+            Error::Rejected(..) | Error::RelayProofInvalid | Error::Stopped
+        )
     }
 }
 
@@ -452,17 +461,25 @@ impl EndpointSession {
     /// [`Event::Stopped`] arrives when the relay answers. Later publishes are refused.
     pub fn close(&mut self, now: Instant) {
         self.stopping = true;
-        match self.conn.phase {
-            Phase::Open => {
-                self.conn.phase = Phase::Closing;
-                self.conn.phase_started = now;
-                self.conn.close_to_send = Some(CloseCode::Normal);
-            }
-            Phase::Closing | Phase::Closed | Phase::Idle => {}
-            _ => {
-                self.conn.close_to_send = Some(CloseCode::Normal);
-                self.conn.phase = Phase::Closed;
-            }
+        // During the handshake nothing is cut short: a `Close` before `Hello` is no valid first
+        // frame, and `Welcome` (seeing `stopping`) moves to `Closing` by itself, so the buffered
+        // publishes are still confirmed and `Event::Stopped` still arrives.
+        if self.conn.phase == Phase::Open {
+            self.conn.phase = Phase::Closing;
+            self.conn.phase_started = now;
+            self.conn.close_to_send = Some(CloseCode::Normal);
+        }
+    }
+
+    /// The driver stopped reading the transport for a while (backpressure: its local queue was
+    /// full) and reads again. Silence while it was not reading is not the relay's fault, so the
+    /// keepalive and dead-relay timers count from `now`. A driver that pauses reading does not
+    /// call [`handle_timeout`](Self::handle_timeout) while paused.
+    pub fn reading_resumed(&mut self, now: Instant) {
+        if self.conn.phase == Phase::Open {
+            self.conn.last_rx = now;
+            self.conn.ping_sent = false;
+            self.conn.ping_due = false;
         }
     }
 
@@ -617,7 +634,11 @@ impl EndpointSession {
         error
     }
 
-    fn handle_frame<'b>(&mut self, now: Instant, frame: Frame<'b>) -> Result<Option<Event<'b>>, Error> {
+    fn handle_frame<'b>(
+        &mut self,
+        now: Instant,
+        frame: Frame<'b>,
+    ) -> Result<Option<Event<'b>>, Error> {
         let phase = self.conn.phase;
         match frame {
             Frame::Close(Close { code, detail }) => {
@@ -657,12 +678,18 @@ impl EndpointSession {
                 for g in self.groups.iter_mut() {
                     g.pending_credit = g.outstanding;
                 }
-                self.conn.phase = if self.stopping { Phase::Closing } else { Phase::Open };
+                self.conn.phase = if self.stopping {
+                    Phase::Closing
+                } else {
+                    Phase::Open
+                };
                 if self.stopping {
                     self.conn.phase_started = now;
                     self.conn.close_to_send = Some(CloseCode::Normal);
                 }
-                Ok(Some(Event::Connected { last_seq: w.last_seq }))
+                Ok(Some(Event::Connected {
+                    last_seq: w.last_seq,
+                }))
             }
             Frame::Ping if matches!(phase, Phase::Open | Phase::Closing) => {
                 self.conn.pongs_owed += 1;
@@ -729,7 +756,9 @@ impl EndpointSession {
     fn verify_relay(&self, mac: &[u8; 32]) -> bool {
         let names: heapless::Vec<&str, MAX_GROUPS> =
             self.config.groups.iter().map(|g| g.as_str()).collect();
-        self.config.key.verify(Role::Relay, &self.transcript(&names), mac)
+        self.config
+            .key
+            .verify(Role::Relay, &self.transcript(&names), mac)
     }
 
     fn transcript<'a>(&'a self, groups: &'a [&'a str]) -> Transcript<'a> {
@@ -761,6 +790,15 @@ impl EndpointSession {
 
     fn next_control(&mut self, out: &mut [u8]) -> Result<Option<usize>, FrameError> {
         if let Some(code) = self.conn.close_to_send {
+            // A graceful close leaves after the acknowledgements still owed: an object handed
+            // over just before `close` must not be redelivered to someone else.
+            if code == CloseCode::Normal
+                && self.conn.phase == Phase::Closing
+                && self.error().is_none()
+                && let Some(n) = self.common_control(out)?
+            {
+                return Ok(Some(n));
+            }
             let n = Frame::Close(Close { code, detail: "" }).encode(out)?;
             self.conn.close_to_send = None;
             return Ok(Some(n));
@@ -786,7 +824,10 @@ impl EndpointSession {
             Phase::SendProof => {
                 let names: heapless::Vec<&str, MAX_GROUPS> =
                     self.config.groups.iter().map(|g| g.as_str()).collect();
-                let mac = self.config.key.proof(Role::Endpoint, &self.transcript(&names));
+                let mac = self
+                    .config
+                    .key
+                    .proof(Role::Endpoint, &self.transcript(&names));
                 let n = Frame::Proof(Proof { mac }).encode(out)?;
                 self.conn.phase = Phase::AwaitWelcome;
                 Ok(Some(n))
@@ -845,7 +886,10 @@ impl EndpointSession {
         }
         let c = &self.conn;
         match c.phase {
-            Phase::SendHello | Phase::AwaitChallenge | Phase::SendProof | Phase::AwaitWelcome
+            Phase::SendHello
+            | Phase::AwaitChallenge
+            | Phase::SendProof
+            | Phase::AwaitWelcome
             | Phase::Closing => Some(c.phase_started + self.config.handshake_timeout),
             Phase::Open => {
                 let dead = c.last_rx + self.config.dead_after;
