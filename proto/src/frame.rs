@@ -30,6 +30,10 @@ pub const PREFIX_LEN: usize = 5;
 /// The smallest limit a receiver may state: every control frame fits in it.
 pub const MIN_MAX_FRAME: u32 = 1024;
 
+/// The largest frame a relay accepts before the handshake is over: the largest `Hello`
+/// (16 groups of 64 bytes: 1,107 bytes) with room to spare.
+pub const HANDSHAKE_MAX_FRAME: u32 = 2048;
+
 /// A list of group names as it travels in a frame.
 pub type GroupList<'a> = heapless::Vec<&'a str, MAX_GROUPS>;
 

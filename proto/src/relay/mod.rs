@@ -163,6 +163,8 @@ struct Conn {
     next_tag: u64,
     in_flight: VecDeque<InFlight>,
     confirm: Option<u64>,
+    /// A ping went out since the endpoint was last heard.
+    ping_sent: bool,
 }
 
 impl Conn {
@@ -268,6 +270,7 @@ impl RelayState {
                 next_tag: 1,
                 in_flight: VecDeque::new(),
                 confirm: None,
+                ping_sent: false,
             },
         );
         if full {
@@ -292,7 +295,7 @@ impl RelayState {
             // Before the handshake is over the endpoint has proved nothing: keep its frames small.
             let limit = match c.phase {
                 Phase::Open => self.config.max_frame,
-                _ => frame::MIN_MAX_FRAME,
+                _ => frame::HANDSHAKE_MAX_FRAME,
             };
             let rest = &buf[consumed..];
             let len = match frame::frame_len(rest, limit) {
@@ -304,6 +307,7 @@ impl RelayState {
                 }
             };
             c.last_rx = now;
+            c.ping_sent = false;
             match frame::decode(&rest[..len]) {
                 Ok(f) => self.handle_frame(now, conn, f),
                 Err(e) => {
@@ -341,7 +345,16 @@ impl RelayState {
                     self.close(conn, CloseCode::UnsupportedVersion, &detail);
                     return;
                 }
-                c.max_frame = h.max_frame.max(frame::MIN_MAX_FRAME);
+                if h.max_frame < frame::MIN_MAX_FRAME {
+                    let detail = alloc::format!(
+                        "max_frame {} is below the minimum of {}",
+                        h.max_frame,
+                        frame::MIN_MAX_FRAME
+                    );
+                    self.close(conn, CloseCode::ProtocolViolation, &detail);
+                    return;
+                }
+                c.max_frame = h.max_frame;
                 c.keepalive = Duration::from_millis(u64::from(h.keepalive_ms.max(100)));
                 let nonce = c.relay_nonce;
                 c.phase = Phase::AwaitProof(Box::new(HelloInfo {
@@ -637,7 +650,9 @@ impl RelayState {
             }
             self.dispatch(name);
         } else if credit < 0 {
-            // Everything queued now that fits this endpoint, and no standing credit.
+            // Everything queued now that fits this endpoint, and no new standing credit. What is
+            // taken uses up the endpoint's standing credit first, so both sides keep counting
+            // the same outstanding credit (the endpoint subtracts every produced delivery).
             let max = self.conns.get(&conn).map_or(0, |c| c.max_frame as usize);
             let mut taken = Vec::new();
             let group = self.groups.get_mut(name).expect("looked up above");
@@ -649,6 +664,15 @@ impl RelayState {
                     i += 1;
                 }
             }
+            let mut to_use = taken.len() as u32;
+            for (m, n) in group.grants.iter_mut() {
+                if *m == conn && to_use > 0 {
+                    let used = (*n).min(to_use);
+                    *n -= used;
+                    to_use -= used;
+                }
+            }
+            group.grants.retain(|(_, n)| *n > 0);
             for payload in taken {
                 self.deliver_produced(conn, name, payload);
             }
@@ -785,10 +809,10 @@ impl RelayState {
         };
         let groups = core::mem::take(&mut c.groups);
         let in_flight = core::mem::take(&mut c.in_flight);
-        if let Some(record) = self.sessions.get_mut(&c.session) {
-            if record.conn == Some(conn) {
-                record.conn = None;
-            }
+        if let Some(record) = self.sessions.get_mut(&c.session)
+            && record.conn == Some(conn)
+        {
+            record.conn = None;
         }
         self.stats.redelivered += in_flight.len() as u64;
         // Back to the front, keeping their order.
@@ -867,25 +891,47 @@ impl RelayState {
             Phase::AwaitHello | Phase::AwaitProof(_) => {
                 Some(c.accepted_at + self.config.handshake_timeout)
             }
-            Phase::Open => Some(c.last_rx + c.keepalive * self.config.idle_intervals),
+            Phase::Open => {
+                let idle = c.last_rx + c.keepalive * self.config.idle_intervals;
+                if c.ping_sent {
+                    Some(idle)
+                } else {
+                    Some(idle.min(c.last_rx + c.keepalive))
+                }
+            }
             Phase::Closed => None,
         }
     }
 
-    /// Closes connections past their handshake deadline or silent for too long.
+    /// Pings endpoints that were silent for their keepalive interval (an endpoint that only
+    /// receives has nothing else to say) and closes connections past their handshake deadline
+    /// or silent for `idle_intervals` keepalive intervals.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<(ConnId, CloseCode)> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| self.deadline(c).is_some_and(|d| now >= d))
-            .map(|(id, c)| {
-                let code = match c.phase {
-                    Phase::Open => CloseCode::IdleTimeout,
-                    _ => CloseCode::AuthTimeout,
-                };
-                (*id, code)
-            })
-            .collect();
+        let mut expired = Vec::new();
+        let mut ping = Vec::new();
+        for (id, c) in &self.conns {
+            match c.phase {
+                Phase::AwaitHello | Phase::AwaitProof(_) => {
+                    if now >= c.accepted_at + self.config.handshake_timeout {
+                        expired.push((*id, CloseCode::AuthTimeout));
+                    }
+                }
+                Phase::Open => {
+                    if now >= c.last_rx + c.keepalive * self.config.idle_intervals {
+                        expired.push((*id, CloseCode::IdleTimeout));
+                    } else if !c.ping_sent && now >= c.last_rx + c.keepalive {
+                        ping.push(*id);
+                    }
+                }
+                Phase::Closed => {}
+            }
+        }
+        for id in ping {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.ping_sent = true;
+            }
+            self.send(id, Frame::Ping);
+        }
         for (id, code) in expired {
             if code == CloseCode::AuthTimeout {
                 self.stats.auth_failures += 1;

@@ -812,3 +812,59 @@ fn unsupported_version_is_refused() {
         })
     ));
 }
+
+#[test]
+fn the_relay_pings_an_endpoint_that_only_receives() {
+    let mut net = Net::new();
+    let e = net.endpoint_with(key(), &["g"], |c| {
+        c.keepalive = Duration::from_secs(1);
+        c.dead_after = Duration::from_secs(100);
+    });
+    let p = net.endpoint_with(key(), &[], |c| c.keepalive = Duration::from_secs(1000));
+    net.drive();
+    for i in 0..10u8 {
+        net.now = net.now + Duration::from_millis(700);
+        net.broadcast(p, "g", &[i]);
+        net.relay.handle_timeout(net.now);
+        net.drive();
+    }
+    assert!(net.eps[e].session.is_open(), "{:?}", net.eps[e].error);
+    assert_eq!(net.seen(e).len(), 10);
+}
+
+#[test]
+fn the_largest_hello_is_accepted_and_a_tiny_max_frame_refused() {
+    let names: Vec<String> = (0..16).map(|i| std::format!("{i:0>64}")).collect();
+    let groups: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut net = Net::new();
+    let big = net.endpoint(&groups);
+    let tiny = net.endpoint_with(key(), &["g"], |c| c.max_frame = 512);
+    net.drive();
+    assert!(net.eps[big].session.is_open(), "{:?}", net.eps[big].error);
+    assert!(matches!(net.eps[tiny].error, Some(EpError::Closed(CloseCode::ProtocolViolation, _))));
+}
+
+#[test]
+fn draining_uses_standing_credit_first() {
+    let mut net = Net::new();
+    let c = net.endpoint(&["q"]);
+    let p = net.endpoint(&[]);
+    net.drive();
+    net.notify(c, "q", 2);
+    net.drive();
+    net.produce(p, "q", b"a");
+    net.drive();
+    for x in [b"b", b"c", b"d"] {
+        net.eps[c].session.notify("q", 0).unwrap();
+        net.produce(p, "q", x);
+    }
+    // One grant is left; queue: c, d (b went to the grant).
+    net.drive();
+    net.notify(c, "q", -1);
+    net.drive();
+    assert_eq!(payloads(&net.seen(c)), [b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]);
+    assert_eq!(net.eps[c].session.outstanding_credit("q"), Some(0));
+    net.produce(p, "q", b"e");
+    net.drive();
+    assert_eq!(net.seen(c), [], "the drain used the standing credit up");
+}

@@ -1,0 +1,529 @@
+//! The relay server: sockets, TLS and timers around [`tlsro_proto::relay::RelayState`].
+//!
+//! One task (the *core*) owns the relay state and is the only place where protocol decisions
+//! are made. Each connection has a reader task (socket → core, through a bounded channel, so a
+//! flooding endpoint is slowed down rather than buffered without limit) and a writer task (core →
+//! socket). The writer coalesces whatever chunks are waiting into as few writes as possible and
+//! reports the bytes written back to the core, which is how the slow-consumer rule sees a
+//! backlog.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tlsro_proto::frame::CloseCode;
+use tlsro_proto::relay::{Chunk, ConnId, RelayConfig, RelayEvent, RelayState, RelayStats};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// How often the core runs the relay's timers (handshake deadlines, idle endpoints).
+const TICK: Duration = Duration::from_millis(100);
+
+/// How the relay talks to endpoints.
+#[derive(Clone)]
+pub enum Security {
+    /// TLS 1.3 with this server configuration (see `tlsro::tls::server_config`).
+    Tls(Arc<rustls::ServerConfig>),
+    /// Plain TCP: the password proof still applies, but frames are neither secret nor protected.
+    Plain,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Security::Tls(_) => f.write_str("Tls"),
+            Security::Plain => f.write_str("Plain"),
+        }
+    }
+}
+
+/// Errors starting the relay.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Neither TLS nor plain TCP was chosen.
+    #[error("no security chosen: call tls(..), tls_from_dir(..) or plain()")]
+    NoSecurity,
+    /// The operating system's random source failed.
+    #[error("no randomness available: {0}")]
+    Random(String),
+}
+
+/// A running relay. Dropping the handle does not stop it; call [`RelayHandle::stop`].
+pub struct RelayHandle {
+    addr: SocketAddr,
+    commands: mpsc::UnboundedSender<CoreMsg>,
+    task: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// The address the relay listens on (with the port the OS chose when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The relay's counters now.
+    pub async fn stats(&self) -> RelayStats {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(CoreMsg::Stats(tx));
+        rx.await.unwrap_or_default()
+    }
+
+    /// Closes every connection (endpoints see "relay shutting down" and reconnect later) and
+    /// stops listening. Returns when the sockets are closed or after two seconds.
+    pub async fn stop(self) {
+        let _ = self.commands.send(CoreMsg::Shutdown);
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.task).await;
+    }
+}
+
+/// Starts a relay on `listen` (port 0: the OS picks one) with the given protocol configuration.
+pub async fn start(
+    listen: SocketAddr,
+    security: Security,
+    config: RelayConfig,
+) -> Result<RelayHandle, StartError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (input_tx, input_rx) = mpsc::channel(1024);
+    let state = RelayState::new(config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let acceptor = tokio::spawn(accept_loop(
+        listener,
+        security,
+        tx.clone(),
+        input_tx,
+        stop_rx,
+    ));
+    let core = Core {
+        state,
+        conns: HashMap::new(),
+        commands: rx,
+        input: input_rx,
+        clock: tokio::time::Instant::now(),
+        acceptor,
+        stop: stop_tx,
+    };
+    info!(%addr, "relay listening");
+    let task = tokio::spawn(core.run());
+    Ok(RelayHandle {
+        addr,
+        commands: tx,
+        task,
+    })
+}
+
+enum CoreMsg {
+    Accepted {
+        peer: SocketAddr,
+        writer: mpsc::UnboundedSender<WriterMsg>,
+        reply: oneshot::Sender<ConnId>,
+    },
+    Written(ConnId, usize),
+    Lost(ConnId),
+    Stats(oneshot::Sender<RelayStats>),
+    Shutdown,
+}
+
+struct Input {
+    conn: ConnId,
+    bytes: Vec<u8>,
+}
+
+enum WriterMsg {
+    Data(Chunk),
+    /// Write what came before, then close the socket.
+    Close,
+}
+
+struct ConnEntry {
+    peer: SocketAddr,
+    writer: mpsc::UnboundedSender<WriterMsg>,
+    /// Bytes of a frame not yet whole.
+    pending: Vec<u8>,
+    closing: bool,
+}
+
+struct Core {
+    state: RelayState,
+    conns: HashMap<ConnId, ConnEntry>,
+    commands: mpsc::UnboundedReceiver<CoreMsg>,
+    input: mpsc::Receiver<Input>,
+    clock: tokio::time::Instant,
+    acceptor: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Core {
+    fn now(&self) -> tlsro_proto::Instant {
+        tlsro_proto::Instant::from_millis(self.clock.elapsed().as_millis() as u64)
+    }
+
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutting_down: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                Some(input) = self.input.recv() => {
+                    self.handle_input(input);
+                    // Drain what else is ready before writing, so output coalesces.
+                    while let Ok(input) = self.input.try_recv() {
+                        self.handle_input(input);
+                    }
+                }
+                Some(msg) = self.commands.recv() => {
+                    match msg {
+                        CoreMsg::Shutdown => {
+                            info!("relay shutting down");
+                            let _ = self.stop.send(true);
+                            self.acceptor.abort();
+                            self.state.shutdown();
+                            shutting_down = Some(tokio::time::Instant::now());
+                        }
+                        other => self.handle_command(other),
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = self.now();
+                    self.state.handle_timeout(now);
+                }
+            }
+            self.flush();
+            if let Some(since) = shutting_down
+                && (self.conns.is_empty() || since.elapsed() > Duration::from_secs(2))
+            {
+                return;
+            }
+        }
+    }
+
+    fn handle_input(&mut self, input: Input) {
+        let now = self.now();
+        let Some(entry) = self.conns.get_mut(&input.conn) else {
+            return;
+        };
+        if entry.closing {
+            return;
+        }
+        if entry.pending.is_empty() {
+            let used = self.state.handle_input(now, input.conn, &input.bytes);
+            if used < input.bytes.len() {
+                entry.pending.extend_from_slice(&input.bytes[used..]);
+            }
+        } else {
+            entry.pending.extend_from_slice(&input.bytes);
+            let used = self.state.handle_input(now, input.conn, &entry.pending);
+            entry.pending.drain(..used);
+        }
+    }
+
+    fn handle_command(&mut self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Accepted {
+                peer,
+                writer,
+                reply,
+            } => {
+                let nonce = match random_nonce() {
+                    Ok(n) => n,
+                    Err(e) => {
+                        warn!(%peer, "refusing connection: {e}");
+                        return;
+                    }
+                };
+                let now = self.now();
+                let id = self.state.accept(now, nonce);
+                debug!(conn = %id, %peer, "connection accepted");
+                self.conns.insert(
+                    id,
+                    ConnEntry {
+                        peer,
+                        writer,
+                        pending: Vec::new(),
+                        closing: false,
+                    },
+                );
+                let _ = reply.send(id);
+            }
+            CoreMsg::Written(conn, n) => self.state.handle_written(conn, n),
+            CoreMsg::Lost(conn) => {
+                self.state.connection_lost(conn);
+                if let Some(entry) = self.conns.remove(&conn)
+                    && !entry.closing
+                {
+                    info!(conn = %conn, peer = %entry.peer, "connection lost");
+                }
+            }
+            CoreMsg::Stats(reply) => {
+                let _ = reply.send(self.state.stats().clone());
+            }
+            CoreMsg::Shutdown => {}
+        }
+    }
+
+    /// Hands waiting output to the writers and acts on events.
+    fn flush(&mut self) {
+        while let Some(event) = self.state.poll_event() {
+            match event {
+                RelayEvent::Authenticated {
+                    conn,
+                    groups,
+                    resumed,
+                    ..
+                } => {
+                    let peer = self.conns.get(&conn).map(|e| e.peer);
+                    info!(conn = %conn, peer = ?peer, ?groups, resumed, "endpoint authenticated");
+                }
+                RelayEvent::Closing { conn, code, detail } => {
+                    let peer = self.conns.get(&conn).map(|e| e.peer);
+                    match code {
+                        CloseCode::Normal | CloseCode::Shutdown => {
+                            info!(conn = %conn, peer = ?peer, "closing: {code}")
+                        }
+                        _ if detail.is_empty() => {
+                            warn!(conn = %conn, peer = ?peer, "closing: {code}")
+                        }
+                        _ => warn!(conn = %conn, peer = ?peer, "closing: {code}: {detail}"),
+                    }
+                    // Output queued before the Close frame is sent first (flushed below).
+                    self.push_output(conn);
+                    if let Some(entry) = self.conns.get_mut(&conn) {
+                        entry.closing = true;
+                        let _ = entry.writer.send(WriterMsg::Close);
+                    }
+                }
+            }
+        }
+        while let Some(conn) = self.state.poll_dirty() {
+            self.push_output(conn);
+        }
+    }
+
+    fn push_output(&mut self, conn: ConnId) {
+        let Some(entry) = self.conns.get(&conn) else {
+            // Nobody will write it: drain so the state does not hold it.
+            while self.state.poll_transmit(conn).is_some() {}
+            return;
+        };
+        while let Some(chunk) = self.state.poll_transmit(conn) {
+            if entry.closing {
+                continue;
+            }
+            let _ = entry.writer.send(WriterMsg::Data(chunk));
+        }
+    }
+}
+
+fn random_nonce() -> Result<[u8; 32], String> {
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+    Ok(nonce)
+}
+
+/// A fresh epoch for a relay that is starting.
+pub fn random_epoch() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    u64::from_le_bytes(b)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    security: Security,
+    core: mpsc::UnboundedSender<CoreMsg>,
+    input: mpsc::Sender<Input>,
+    stop: watch::Receiver<bool>,
+) {
+    let tls = match &security {
+        Security::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
+        Security::Plain => None,
+    };
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if *stop.borrow() {
+            return;
+        }
+        let _ = tcp.set_nodelay(true);
+        let core = core.clone();
+        let input = input.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            match tls {
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    match handshake {
+                        Ok(Ok(stream)) => serve(stream, peer, core, input).await,
+                        Ok(Err(e)) => {
+                            warn!(%peer, "TLS handshake failed: {}", explain_tls_error(&e))
+                        }
+                        Err(_) => warn!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                None => {
+                    if looks_like_tls(&tcp).await {
+                        warn!(%peer, "a TLS client connected to this plain-TCP relay; closing (start the endpoint with plain security, or the relay without --plain)");
+                        return;
+                    }
+                    serve(tcp, peer, core, input).await
+                }
+            }
+        });
+    }
+}
+
+fn explain_tls_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("InvalidContentType")
+        || text.contains("corrupt message")
+        || text.contains("InvalidMessage")
+    {
+        format!("{text} (not a TLS client: a plain endpoint on the TLS port?)")
+    } else {
+        text
+    }
+}
+
+/// Whether the first bytes waiting on a plain connection are a TLS handshake record.
+async fn looks_like_tls(tcp: &TcpStream) -> bool {
+    let mut head = [0u8; 3];
+    match tokio::time::timeout(Duration::from_secs(10), tcp.peek(&mut head)).await {
+        Ok(Ok(n)) if n >= 3 => head[0] == 0x16 && head[1] == 0x03,
+        _ => false,
+    }
+}
+
+async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    core: mpsc::UnboundedSender<CoreMsg>,
+    input: mpsc::Sender<Input>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
+    let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    if core
+        .send(CoreMsg::Accepted {
+            peer,
+            writer: writer_tx,
+            reply: reply_tx,
+        })
+        .is_err()
+    {
+        return;
+    }
+    let Ok(conn) = reply_rx.await else {
+        return;
+    };
+    let reader_task = tokio::spawn({
+        let core = core.clone();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let bytes = buf[..n].to_vec();
+                        if input.send(Input { conn, bytes }).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = core.send(CoreMsg::Lost(conn));
+        }
+    });
+    write_loop(writer, writer_rx, conn, &core).await;
+    reader_task.abort();
+    let _ = core.send(CoreMsg::Lost(conn));
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
+    conn: ConnId,
+    core: &mpsc::UnboundedSender<CoreMsg>,
+) {
+    // Small chunks are gathered into one buffer so many frames leave in one TLS record and one
+    // syscall; large ones are written as they are.
+    const GATHER: usize = 64 * 1024;
+    let mut batch: Vec<u8> = Vec::with_capacity(GATHER);
+    let mut msgs = Vec::with_capacity(256);
+    loop {
+        if rx.recv_many(&mut msgs, 256).await == 0 {
+            return;
+        }
+        let mut close = false;
+        let mut written = 0usize;
+        for msg in msgs.drain(..) {
+            match msg {
+                WriterMsg::Data(chunk) => {
+                    written += chunk.len();
+                    if chunk.len() >= GATHER {
+                        if !batch.is_empty() && writer.write_all(&batch).await.is_err() {
+                            return;
+                        }
+                        batch.clear();
+                        if writer.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        batch.extend_from_slice(&chunk);
+                        if batch.len() >= GATHER {
+                            if writer.write_all(&batch).await.is_err() {
+                                return;
+                            }
+                            batch.clear();
+                        }
+                    }
+                }
+                WriterMsg::Close => close = true,
+            }
+        }
+        if !batch.is_empty() {
+            if writer.write_all(&batch).await.is_err() {
+                return;
+            }
+            batch.clear();
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+        let _ = core.send(CoreMsg::Written(conn, written));
+        if close {
+            let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
+            return;
+        }
+    }
+}

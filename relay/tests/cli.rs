@@ -1,0 +1,599 @@
+//! The `tlsro-relay` binary, run for real: credentials, `run` with and without configuration,
+//! configuration errors. Every child runs with HOME and XDG_DATA_HOME in a temporary directory,
+//! so the real default credentials directory is never touched, and is killed if it overstays.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tlsro-relay");
+/// Bound on any one command, and on waiting for a line of output.
+const TIMEOUT: Duration = Duration::from_secs(60);
+const FINGERPRINT_PREFIX: &str = "CA fingerprint (SHA-256): ";
+const LISTENING_PREFIX: &str = "listening on ";
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("tlsro-relay-cli-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The binary with a private home (`home`), no inherited password, no stdin, default logging.
+fn command(home: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("HOME", home)
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env_remove("TLSRO_PASSWORD")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// The default credentials directory the child sees with this `home` (Linux layout).
+fn child_default_dir(home: &Path) -> PathBuf {
+    home.join("data").join("tlsro").join("credentials")
+}
+
+/// What a finished command printed.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn read_all(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// Runs `cmd` to completion, killing it (and failing) after [`TIMEOUT`].
+fn finish(mut cmd: Command) -> Finished {
+    let mut child = cmd.spawn().expect("spawn tlsro-relay");
+    let out = read_all(child.stdout.take().unwrap());
+    let err = read_all(child.stderr.take().unwrap());
+    let status = wait_bounded(&mut child, TIMEOUT).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("tlsro-relay did not finish within {TIMEOUT:?}");
+    });
+    Finished {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn fingerprint_in(stdout: &str) -> String {
+    let fingerprint = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(FINGERPRINT_PREFIX))
+        .unwrap_or_else(|| panic!("no fingerprint line in:\n{stdout}"));
+    let pairs: Vec<&str> = fingerprint.split(':').collect();
+    assert_eq!(pairs.len(), 32, "{fingerprint}");
+    assert!(
+        pairs
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit())),
+        "{fingerprint}"
+    );
+    fingerprint.to_owned()
+}
+
+/// A running `tlsro-relay run`, killed on drop.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.spawn().expect("spawn tlsro-relay");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Some(read_all(child.stderr.take().unwrap()));
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns the rest of it.
+    fn line_after(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_owned();
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    let stderr = self.stderr.take().map(|h| h.join().unwrap());
+                    panic!(
+                        "no line starting with {prefix:?}; stdout so far:\n{}\nstderr:\n{}",
+                        self.seen.join("\n"),
+                        stderr.unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+
+    fn listening(&mut self) -> SocketAddr {
+        let addr = self.line_after(LISTENING_PREFIX);
+        addr.parse()
+            .unwrap_or_else(|e| panic!("{addr:?} is not an address: {e}"))
+    }
+
+    /// Asks the relay to stop with SIGTERM (with the system's `kill`); returns its exit status,
+    /// or `None` when `kill` is not available.
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !sent {
+            return None;
+        }
+        let status = wait_bounded(&mut self.child, TIMEOUT);
+        assert!(status.is_some(), "the relay ignored SIGTERM");
+        status
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects with TLS, trusting only `ca_dir`'s CA, as `localhost`.
+fn tls_handshake(addr: SocketAddr, ca_dir: &Path) {
+    let config = tlsro::tls::client_config_from_dir(ca_dir).expect("client config");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = tlsro::tls::server_name("localhost").unwrap();
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+        };
+        tokio::time::timeout(TIMEOUT, connect)
+            .await
+            .expect("TLS handshake timed out")
+            .expect("TLS handshake with the relay");
+    });
+}
+
+#[test]
+fn generate_writes_five_files_and_show_agrees() {
+    let home = TempDir::new("generate");
+    let dir = home.path().join("creds");
+    let dir_arg = dir.to_str().unwrap();
+
+    let generated = finish(command(
+        home.path(),
+        &["credentials", "generate", "--dir", dir_arg],
+    ));
+    assert!(generated.status.success(), "{}", generated.stderr);
+    let fingerprint = fingerprint_in(&generated.stdout);
+    for name in ["ca.pem", "ca.key", "relay.pem", "relay.key", "password"] {
+        let path = dir.join(name);
+        assert!(path.is_file(), "{} missing", path.display());
+        assert!(
+            generated
+                .stdout
+                .contains(&format!("wrote {}", path.display())),
+            "{} not reported:\n{}",
+            path.display(),
+            generated.stdout
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |name: &str| {
+            std::fs::metadata(dir.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("ca.key"), 0o600);
+        assert_eq!(mode("relay.key"), 0o600);
+        assert_eq!(mode("password"), 0o600);
+    }
+    assert!(generated.stdout.contains("endpoints: copy"));
+
+    let shown = finish(command(
+        home.path(),
+        &["credentials", "show", "--dir", dir_arg],
+    ));
+    assert!(shown.status.success(), "{}", shown.stderr);
+    assert_eq!(fingerprint_in(&shown.stdout), fingerprint);
+    assert_eq!(
+        shown
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("present "))
+            .count(),
+        5,
+        "{}",
+        shown.stdout
+    );
+
+    // A second generation is refused, naming the way out, and changes nothing.
+    let again = finish(command(
+        home.path(),
+        &["credentials", "generate", "--dir", dir_arg],
+    ));
+    assert_eq!(again.status.code(), Some(1));
+    assert!(again.stderr.starts_with("error: "), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("already exists") && again.stderr.contains("--force"),
+        "{}",
+        again.stderr
+    );
+    let shown = finish(command(
+        home.path(),
+        &["credentials", "show", "--dir", dir_arg],
+    ));
+    assert_eq!(fingerprint_in(&shown.stdout), fingerprint);
+
+    // With --force: a new CA.
+    let forced = finish(command(
+        home.path(),
+        &[
+            "credentials",
+            "generate",
+            "--dir",
+            dir_arg,
+            "--force",
+            "--hostname",
+            "relay.example",
+            "--ip",
+            "192.0.2.7",
+        ],
+    ));
+    assert!(forced.status.success(), "{}", forced.stderr);
+    assert_ne!(fingerprint_in(&forced.stdout), fingerprint);
+    assert!(
+        forced.stdout.contains("relay.example, 192.0.2.7"),
+        "{}",
+        forced.stdout
+    );
+}
+
+#[test]
+fn show_and_generate_report_problems() {
+    let home = TempDir::new("show-missing");
+    let dir = home.path().join("nothing");
+    let shown = finish(command(
+        home.path(),
+        &["credentials", "show", "--dir", dir.to_str().unwrap()],
+    ));
+    assert!(shown.status.success(), "{}", shown.stderr);
+    assert_eq!(
+        shown
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("missing "))
+            .count(),
+        5,
+        "{}",
+        shown.stdout
+    );
+    assert!(!shown.stdout.contains(FINGERPRINT_PREFIX));
+
+    let too_many = finish(command(
+        home.path(),
+        &[
+            "credentials",
+            "generate",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--hostname",
+            "a.example",
+            "--hostname",
+            "b.example",
+            "--hostname",
+            "c.example",
+            "--hostname",
+            "d.example",
+        ],
+    ));
+    assert_eq!(too_many.status.code(), Some(1));
+    assert!(too_many.stderr.contains("at most 3"), "{}", too_many.stderr);
+    assert!(!dir.exists());
+}
+
+#[test]
+fn run_with_credentials_listens_serves_tls_and_stops_on_sigterm() {
+    let home = TempDir::new("run-tls");
+    let dir = home.path().join("creds");
+    let dir_arg = dir.to_str().unwrap();
+    let generated = finish(command(
+        home.path(),
+        &["credentials", "generate", "--dir", dir_arg],
+    ));
+    assert!(generated.status.success(), "{}", generated.stderr);
+    let fingerprint = fingerprint_in(&generated.stdout);
+
+    let mut cmd = command(
+        home.path(),
+        &["run", "--credentials", dir_arg, "--listen", "127.0.0.1:0"],
+    );
+    cmd.env("TLSRO_PASSWORD", "correct horse battery staple");
+    let mut relay = Running::spawn(cmd);
+    assert_eq!(relay.line_after(FINGERPRINT_PREFIX), fingerprint);
+    let endpoints = relay.line_after("endpoints: ");
+    assert_eq!(
+        endpoints,
+        format!(
+            "trust {}, password from $TLSRO_PASSWORD",
+            dir.join("ca.pem").display()
+        )
+    );
+    let addr = relay.listening();
+    assert!(addr.ip().is_loopback());
+    assert_ne!(addr.port(), 0);
+    assert!(
+        !child_default_dir(home.path()).exists(),
+        "the default credentials directory was created"
+    );
+
+    tls_handshake(addr, &dir);
+
+    if let Some(status) = relay.terminate() {
+        assert!(status.success(), "exit status after SIGTERM: {status}");
+        relay.line_after("stopped");
+    }
+}
+
+#[test]
+fn run_with_nothing_configured_generates_development_credentials() {
+    let home = TempDir::new("run-dev");
+    let dir = child_default_dir(home.path());
+
+    let mut relay = Running::spawn(command(home.path(), &["run", "--listen", "127.0.0.1:0"]));
+    assert_eq!(
+        relay.line_after("generated development credentials in "),
+        dir.display().to_string()
+    );
+    let fingerprint = relay.line_after(FINGERPRINT_PREFIX);
+    assert_eq!(
+        relay.line_after("endpoints: "),
+        format!(
+            "trust {}, password in {}",
+            dir.join("ca.pem").display(),
+            dir.join("password").display()
+        )
+    );
+    let addr = relay.listening();
+    tls_handshake(addr, &dir);
+    drop(relay);
+    for name in ["ca.pem", "ca.key", "relay.pem", "relay.key", "password"] {
+        assert!(dir.join(name).is_file(), "{name} missing");
+    }
+
+    // The second time they are reused, not regenerated.
+    let mut relay = Running::spawn(command(home.path(), &["run", "--listen", "127.0.0.1:0"]));
+    assert_eq!(relay.line_after(FINGERPRINT_PREFIX), fingerprint);
+    relay.listening();
+    assert!(
+        !relay.seen.iter().any(|l| l.starts_with("generated")),
+        "{:?}",
+        relay.seen
+    );
+}
+
+#[test]
+fn run_applies_the_configuration_file_and_the_command_line_wins() {
+    let home = TempDir::new("run-config");
+    let config = home.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:0\"\nmax_object_size = \"1MiB\"\nhandshake_timeout = \"5s\"\n\
+         [groups.consumers]\nmax_members = 2\noverflow = \"drop-oldest\"\n",
+    )
+    .unwrap();
+    let password = home.path().join("pw");
+    std::fs::write(&password, "s3cret\n").unwrap();
+
+    let mut relay = Running::spawn(command(
+        home.path(),
+        &[
+            "run",
+            "--plain",
+            "--config",
+            config.to_str().unwrap(),
+            "--password-file",
+            password.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        relay.line_after("endpoints: "),
+        format!("connect without TLS, password in {}", password.display())
+    );
+    let addr = relay.listening();
+    assert!(addr.ip().is_loopback());
+    assert_ne!(
+        addr.port(),
+        7000,
+        "the configuration file's listen was ignored"
+    );
+    drop(relay);
+
+    // An address that cannot be bound in the file, a good one on the command line.
+    std::fs::write(&config, "listen = \"192.0.2.1:9\"\n").unwrap();
+    let mut cmd = command(
+        home.path(),
+        &[
+            "run",
+            "--plain",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    cmd.env("TLSRO_PASSWORD", "s3cret");
+    let mut relay = Running::spawn(cmd);
+    assert!(relay.listening().ip().is_loopback());
+    drop(relay);
+    assert!(!child_default_dir(home.path()).exists());
+}
+
+#[test]
+fn run_refuses_a_configuration_file_with_an_unknown_key() {
+    let home = TempDir::new("run-bad-config");
+    let config = home.path().join("relay.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nmax_conections = 5\n").unwrap();
+    let mut cmd = command(
+        home.path(),
+        &[
+            "run",
+            "--plain",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    cmd.env("TLSRO_PASSWORD", "s3cret");
+    let run = finish(cmd);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stdout);
+    assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
+    assert!(run.stderr.contains("max_conections"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&*config.to_string_lossy()),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains(LISTENING_PREFIX));
+}
+
+#[test]
+fn run_without_credentials_or_password_fails_clearly() {
+    let home = TempDir::new("run-missing");
+    let empty = home.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let empty_arg = empty.to_str().unwrap();
+
+    // TLS asked for, no certificate.
+    let mut cmd = command(
+        home.path(),
+        &["run", "--credentials", empty_arg, "--listen", "127.0.0.1:0"],
+    );
+    cmd.env("TLSRO_PASSWORD", "s3cret");
+    let run = finish(cmd);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(run.stderr.contains("relay.pem"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("credentials generate"),
+        "{}",
+        run.stderr
+    );
+
+    // Plain, and no password anywhere (stdin is not a terminal: no prompt).
+    let run = finish(command(
+        home.path(),
+        &[
+            "run",
+            "--plain",
+            "--credentials",
+            empty_arg,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    ));
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        run.stderr.contains("no password") && run.stderr.contains("TLSRO_PASSWORD"),
+        "{}",
+        run.stderr
+    );
+
+    // An empty TLSRO_PASSWORD is a mistake, not "no password".
+    let mut cmd = command(
+        home.path(),
+        &[
+            "run",
+            "--plain",
+            "--credentials",
+            empty_arg,
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    cmd.env("TLSRO_PASSWORD", "");
+    let run = finish(cmd);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(run.stderr.contains("empty"), "{}", run.stderr);
+    assert!(!child_default_dir(home.path()).exists());
+}
