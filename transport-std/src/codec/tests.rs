@@ -1,0 +1,173 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Pose {
+    name: String,
+    xyz: [f32; 3],
+    tags: Vec<u16>,
+    extra: Option<BTreeMap<String, i64>>,
+}
+
+fn pose() -> Pose {
+    Pose {
+        name: "arm".to_owned(),
+        xyz: [1.0, -2.5, 3.25],
+        tags: vec![1, 300, 65535],
+        extra: Some(BTreeMap::from([("k".to_owned(), -7)])),
+    }
+}
+
+fn encode<C: Codec, T: Serialize + ?Sized>(codec: &C, value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::new();
+    codec.encode(value, &mut out)?;
+    Ok(out)
+}
+
+/// A byte buffer that serializes as a byte string, like `serde_bytes::ByteBuf`.
+#[derive(Debug, PartialEq)]
+struct ByteBuf(Vec<u8>);
+
+impl Serialize for ByteBuf {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+#[test]
+fn postcard_round_trip_and_appends() {
+    let mut out = vec![0xAA, 0xBB];
+    Postcard.encode(&pose(), &mut out).unwrap();
+    assert_eq!(&out[..2], &[0xAA, 0xBB], "encode must append");
+    assert_eq!(Postcard.decode::<Pose>(&out[2..]).unwrap(), pose());
+    // Unsized values encode too.
+    let text = encode(&Postcard, "hi").unwrap();
+    assert_eq!(text, [2, b'h', b'i']);
+    assert_eq!(Postcard.decode::<String>(&text).unwrap(), "hi");
+}
+
+#[test]
+fn postcard_refuses_leftovers_and_truncation() {
+    let mut bytes = encode(&Postcard, &pose()).unwrap();
+    bytes.push(0);
+    let err = Postcard.decode::<Pose>(&bytes).unwrap_err();
+    assert!(err.is_decode());
+    assert_eq!(err.codec(), "postcard");
+    assert!(err.to_string().contains("1 bytes left over"), "{err}");
+
+    bytes.truncate(bytes.len() - 3);
+    let err = Postcard.decode::<Pose>(&bytes).unwrap_err();
+    assert!(
+        err.to_string().starts_with("postcard could not decode"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("same codec"), "{err}");
+}
+
+#[test]
+fn json_round_trip_and_errors() {
+    let bytes = encode(&Json, &pose()).unwrap();
+    assert!(bytes.starts_with(b"{\"name\":\"arm\""));
+    assert_eq!(Json.decode::<Pose>(&bytes).unwrap(), pose());
+
+    let err = Json.decode::<Pose>(b"{\"name\": 3}").unwrap_err();
+    assert_eq!(err.codec(), "json");
+    assert!(err.message().contains("invalid type"), "{err}");
+
+    // A map with non-string keys cannot be JSON.
+    let err = encode(&Json, &BTreeMap::from([((1, 2), 3)])).unwrap_err();
+    assert!(!err.is_decode());
+    assert!(
+        err.to_string().starts_with("json could not encode"),
+        "{err}"
+    );
+}
+
+#[test]
+fn raw_bytes_carries_text_and_bytes_as_they_are() {
+    assert_eq!(encode(&RawBytes, "héllo").unwrap(), "héllo".as_bytes());
+    assert_eq!(encode(&RawBytes, &"abc".to_owned()).unwrap(), b"abc");
+    assert_eq!(
+        RawBytes.decode::<String>("héllo".as_bytes()).unwrap(),
+        "héllo"
+    );
+
+    // A plain Vec<u8> (a sequence of u8) and an array.
+    let data = vec![0u8, 1, 2, 255];
+    assert_eq!(encode(&RawBytes, &data).unwrap(), data);
+    assert_eq!(RawBytes.decode::<Vec<u8>>(&data).unwrap(), data);
+    assert_eq!(encode(&RawBytes, &[9u8, 8, 7]).unwrap(), [9, 8, 7]);
+    assert_eq!(RawBytes.decode::<[u8; 3]>(&[9, 8, 7]).unwrap(), [9, 8, 7]);
+
+    // A byte-string type, and a newtype around one.
+    let buf = ByteBuf(vec![0xDE, 0xAD]);
+    assert_eq!(encode(&RawBytes, &buf).unwrap(), [0xDE, 0xAD]);
+    assert_eq!(RawBytes.decode::<ByteBuf>(&[0xDE, 0xAD]).unwrap(), buf);
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Frame(String);
+    assert_eq!(encode(&RawBytes, &Frame("x".into())).unwrap(), b"x");
+    assert_eq!(RawBytes.decode::<Frame>(b"y").unwrap(), Frame("y".into()));
+
+    // Empty payloads are fine.
+    assert_eq!(encode(&RawBytes, "").unwrap(), b"");
+    assert_eq!(RawBytes.decode::<Vec<u8>>(&[]).unwrap(), Vec::<u8>::new());
+
+    // Appends after what is there.
+    let mut out = b"head".to_vec();
+    RawBytes.encode("tail", &mut out).unwrap();
+    assert_eq!(out, b"headtail");
+}
+
+#[test]
+fn raw_bytes_refuses_what_is_not_bytes() {
+    for err in [
+        encode(&RawBytes, &pose()).unwrap_err(),
+        encode(&RawBytes, &42u32).unwrap_err(),
+        encode(&RawBytes, &vec![1u16, 2]).unwrap_err(),
+        encode(&RawBytes, &vec!["a", "b"]).unwrap_err(),
+        encode(&RawBytes, &Some("a")).unwrap_err(),
+    ] {
+        assert!(!err.is_decode());
+        assert_eq!(err.codec(), "raw bytes");
+        assert!(
+            err.message().contains("only byte strings, text strings"),
+            "{err}"
+        );
+    }
+    assert!(
+        encode(&RawBytes, &pose())
+            .unwrap_err()
+            .message()
+            .contains("struct Pose")
+    );
+
+    let err = RawBytes.decode::<String>(&[0xFF, 0xFE]).unwrap_err();
+    assert!(err.message().contains("not UTF-8"), "{err}");
+    let err = RawBytes.decode::<u32>(b"1234").unwrap_err();
+    assert!(err.is_decode());
+    assert!(err.message().contains("expected u32"), "{err}");
+    let err = RawBytes.decode::<Pose>(b"{}").unwrap_err();
+    assert!(err.message().contains("struct Pose"), "{err}");
+    let err = RawBytes.decode::<[u8; 4]>(b"abc").unwrap_err();
+    assert!(err.message().contains("exactly 4 bytes"), "{err}");
+}

@@ -1,0 +1,193 @@
+//! Opening a connection to the relay: TCP (Nagle off), then TLS unless plain mode was asked for,
+//! with every failure sorted by whether retrying can heal it.
+
+use std::io;
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+use tokio_rustls::TlsConnector;
+
+use crate::error::Error;
+
+/// A byte stream to the relay, TLS or plain.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for S {}
+
+/// What a plain endpoint reports when TLS bytes arrive where a frame was expected.
+pub(crate) const RELAY_SPEAKS_TLS: &str = "the relay answered with TLS: it expects TLS on this port \
+     (use Security::Tls, or run the relay with --plain)";
+
+/// What a TLS endpoint reports when the peer does not complete a TLS handshake.
+const RELAY_SPEAKS_PLAIN: &str = "relay does not speak TLS here — is it running --plain? \
+     (use Security::Plain to talk to a plain relay)";
+
+/// How the transport is secured, resolved from the builder's settings.
+#[derive(Clone)]
+pub(crate) enum Link {
+    /// Plain TCP.
+    Plain,
+    /// TLS with this configuration and server name.
+    Tls {
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    },
+}
+
+impl Link {
+    pub(crate) fn is_plain(&self) -> bool {
+        matches!(self, Link::Plain)
+    }
+}
+
+/// Whether a failed attempt is worth repeating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Heal {
+    /// Retrying cannot help (password, certificate, relay proof, group, version).
+    Never,
+    /// The peer does not speak what we speak (TLS mismatch, garbage): the first connect fails
+    /// fast, a reconnect keeps trying (a relay being replaced may answer oddly for a moment).
+    NotOnFirstConnect,
+    /// Unreachable, reset, timed out, closed: retry with backoff.
+    Retry,
+}
+
+/// A failed connection attempt or a lost connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub(crate) error: Error,
+    pub(crate) heal: Heal,
+}
+
+impl Failure {
+    pub(crate) fn new(error: Error, heal: Heal) -> Self {
+        Failure { error, heal }
+    }
+
+    pub(crate) fn retry(error: Error) -> Self {
+        Failure::new(error, Heal::Retry)
+    }
+}
+
+/// Dials `addr` and secures the connection, all before `deadline`.
+pub(crate) async fn open(
+    addr: &str,
+    link: &Link,
+    deadline: Instant,
+) -> Result<Box<dyn Io>, Failure> {
+    let tcp = match timeout_at(deadline, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err(Failure::retry(e.into())),
+        Err(_) => {
+            return Err(Failure::retry(Error::Io(Arc::new(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TCP connect timed out",
+            )))));
+        }
+    };
+    tcp.set_nodelay(true)
+        .map_err(|e| Failure::retry(e.into()))?;
+    match link {
+        Link::Plain => Ok(Box::new(tcp)),
+        Link::Tls { config, name } => {
+            let connector = TlsConnector::from(config.clone());
+            match timeout_at(deadline, connector.connect(name.clone(), tcp)).await {
+                Ok(Ok(tls)) => Ok(Box::new(tls)),
+                Ok(Err(e)) => Err(tls_failure(e)),
+                Err(_) => Err(Failure::retry(Error::TlsHandshake(
+                    "the TLS handshake timed out".to_owned(),
+                ))),
+            }
+        }
+    }
+}
+
+/// Sorts a failed TLS handshake: a refused certificate is final; a peer that answers with
+/// something other than TLS (or hangs up mid-handshake) is most likely a plain relay.
+fn tls_failure(e: io::Error) -> Failure {
+    let rustls_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(cert)) => {
+            Failure::new(Error::CertificateRejected(cert.to_string()), Heal::Never)
+        }
+        Some(
+            rustls::Error::InvalidMessage(_)
+            | rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. },
+        ) => Failure::new(
+            Error::TlsMismatch(format!("{RELAY_SPEAKS_PLAIN} ({e})")),
+            Heal::NotOnFirstConnect,
+        ),
+        Some(other) => Failure::new(
+            Error::TlsHandshake(other.to_string()),
+            Heal::NotOnFirstConnect,
+        ),
+        None => match e.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted => Failure::new(
+                Error::TlsMismatch(format!(
+                    "{RELAY_SPEAKS_PLAIN} (the relay hung up during the TLS handshake: {e})"
+                )),
+                Heal::NotOnFirstConnect,
+            ),
+            _ => Failure::retry(e.into()),
+        },
+    }
+}
+
+/// Whether `bytes` (the first bytes received where a frame was expected) start a TLS record:
+/// an alert (0x15) or handshake (0x16) record of protocol version 3.x. A frame that starts this
+/// way would announce more than 350 MB.
+pub(crate) fn looks_like_tls(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x15 | 0x16, 0x03, ..])
+}
+
+/// Splits `"host:port"` (or `"[v6]:port"`) and returns the host part.
+pub(crate) fn host_of(addr: &str) -> Result<&str, Error> {
+    let bad = || {
+        Error::InvalidConfig(format!(
+            "relay address {addr:?} is not \"host:port\" (IPv6: \"[addr]:port\")"
+        ))
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(bad());
+    }
+    Ok(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_parsing() {
+        assert_eq!(host_of("localhost:4000").unwrap(), "localhost");
+        assert_eq!(host_of("10.0.0.1:1").unwrap(), "10.0.0.1");
+        assert_eq!(host_of("[::1]:4000").unwrap(), "[::1]");
+        for bad in ["localhost", ":4000", "host:port", "::1:4000", "host:70000"] {
+            assert!(
+                matches!(host_of(bad), Err(Error::InvalidConfig(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_records_are_recognised() {
+        assert!(looks_like_tls(&[0x15, 0x03, 0x03, 0x00, 0x02]));
+        assert!(looks_like_tls(&[0x16, 0x03, 0x01]));
+        assert!(!looks_like_tls(&[0x00, 0x00, 0x00, 0x24, 0x02]));
+        assert!(!looks_like_tls(&[0x15]));
+    }
+}
