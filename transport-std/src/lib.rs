@@ -11,8 +11,8 @@ mod transport;
 
 pub use codec::{Codec, CodecError, Json, Postcard, RawBytes};
 pub use endpoint::{
-    Backoff, Builder, CaSource, Endpoint, Event, Receipt, Received, ReceivedKind, Security,
-    Status, Wait,
+    Backoff, Builder, CaSource, Endpoint, Event, Receipt, Received, ReceivedKind, Security, Status,
+    Wait,
 };
 pub use error::{Error, PublishError, Rejection};
 pub use tlsro_proto::frame::RejectReason;
