@@ -841,7 +841,10 @@ fn the_largest_hello_is_accepted_and_a_tiny_max_frame_refused() {
     let tiny = net.endpoint_with(key(), &["g"], |c| c.max_frame = 512);
     net.drive();
     assert!(net.eps[big].session.is_open(), "{:?}", net.eps[big].error);
-    assert!(matches!(net.eps[tiny].error, Some(EpError::Closed(CloseCode::ProtocolViolation, _))));
+    assert!(matches!(
+        net.eps[tiny].error,
+        Some(EpError::Closed(CloseCode::ProtocolViolation, _))
+    ));
 }
 
 #[test]
@@ -862,7 +865,10 @@ fn draining_uses_standing_credit_first() {
     net.drive();
     net.notify(c, "q", -1);
     net.drive();
-    assert_eq!(payloads(&net.seen(c)), [b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]);
+    assert_eq!(
+        payloads(&net.seen(c)),
+        [b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
+    );
     assert_eq!(net.eps[c].session.outstanding_credit("q"), Some(0));
     net.produce(p, "q", b"e");
     net.drive();
