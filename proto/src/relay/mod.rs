@@ -142,8 +142,75 @@ struct HelloInfo {
 #[derive(Debug)]
 struct InFlight {
     tag: u64,
-    group: String,
+    group: Arc<str>,
     payload: Arc<[u8]>,
+}
+
+/// Frames up to this size are copied into the receiving connection's output buffer (cheaper
+/// than sharing, and many of them leave in one write); larger ones are shared.
+const SMALL_FRAME: usize = 2048;
+
+/// An output buffer grows to this size before a new one is started.
+const OUTPUT_BUFFER: usize = 16 * 1024;
+
+/// Output for one connection.
+enum Out<'a> {
+    Bytes(&'a [u8]),
+    Shared(&'a Arc<[u8]>),
+}
+
+/// Queues output for `conn`. A connection whose backlog is already over `limit` gets nothing
+/// more and is listed in `slow`, to be closed once the current input is handled (closing it here
+/// would change groups while they are being iterated).
+fn queue_out(
+    conns: &mut BTreeMap<ConnId, Conn>,
+    dirty: &mut VecDeque<ConnId>,
+    slow: &mut Vec<ConnId>,
+    limit: usize,
+    conn: ConnId,
+    out: Out<'_>,
+) {
+    let Some(c) = conns.get_mut(&conn) else {
+        return;
+    };
+    if matches!(c.phase, Phase::Closed) || c.slow {
+        return;
+    }
+    if c.backlog > limit {
+        c.slow = true;
+        slow.push(conn);
+        return;
+    }
+    match out {
+        Out::Bytes(bytes) => {
+            c.backlog += bytes.len();
+            match c.out.back_mut() {
+                Some(Chunk::Owned(buf)) if buf.len() + bytes.len() <= OUTPUT_BUFFER => {
+                    buf.extend_from_slice(bytes)
+                }
+                _ => {
+                    let mut buf = Vec::with_capacity(bytes.len().max(OUTPUT_BUFFER));
+                    buf.extend_from_slice(bytes);
+                    c.out.push_back(Chunk::Owned(buf));
+                }
+            }
+        }
+        Out::Shared(shared) => {
+            c.backlog += shared.len();
+            c.out.push_back(Chunk::Shared(shared.clone()));
+        }
+    }
+    if !c.dirty {
+        c.dirty = true;
+        dirty.push_back(conn);
+    }
+}
+
+/// A retained broadcast frame: small ones live in a buffer the group reuses.
+#[derive(Debug)]
+enum Retained {
+    Small(Vec<u8>),
+    Shared(Arc<[u8]>),
 }
 
 #[derive(Debug)]
@@ -165,20 +232,17 @@ struct Conn {
     confirm: Option<u64>,
     /// A ping went out since the endpoint was last heard.
     ping_sent: bool,
+    /// Over its backlog limit: closing as a slow consumer.
+    slow: bool,
 }
 
-impl Conn {
-    fn push(&mut self, chunk: Chunk) {
-        self.backlog += chunk.len();
-        self.out.push_back(chunk);
-    }
-}
-
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Group {
+    name: Arc<str>,
     members: Vec<ConnId>,
     next_seq: u64,
-    retained: Option<Arc<[u8]>>,
+    /// The last broadcast, with its sequence number.
+    retained: Option<(u64, Retained)>,
     queue: VecDeque<Arc<[u8]>>,
     /// Credit in the order it was granted: (connection, objects still wanted).
     grants: VecDeque<(ConnId, u32)>,
@@ -201,8 +265,11 @@ pub struct RelayState {
     next_conn: u64,
     tick: u64,
     dirty: VecDeque<ConnId>,
+    slow: Vec<ConnId>,
     events: VecDeque<RelayEvent>,
     stats: RelayStats,
+    /// Reused to encode frames before they are copied or shared.
+    scratch: Vec<u8>,
 }
 
 impl RelayState {
@@ -216,8 +283,10 @@ impl RelayState {
             next_conn: 1,
             tick: 0,
             dirty: VecDeque::new(),
+            slow: Vec::new(),
             events: VecDeque::new(),
             stats: RelayStats::default(),
+            scratch: Vec::new(),
         }
     }
 
@@ -271,6 +340,7 @@ impl RelayState {
                 in_flight: VecDeque::new(),
                 confirm: None,
                 ping_sent: false,
+                slow: false,
             },
         );
         if full {
@@ -318,6 +388,7 @@ impl RelayState {
             consumed += len;
         }
         self.flush_confirm(conn);
+        self.close_slow_consumers();
         consumed
     }
 
@@ -501,10 +572,24 @@ impl RelayState {
             }),
         );
         for name in &hello.groups {
-            let group = self.groups.entry(name.clone()).or_default();
+            let group = group_entry(&mut self.groups, name);
             group.members.push(conn);
-            if let Some(retained) = group.retained.clone() {
-                self.deliver_broadcast(conn, name, &retained);
+            if let Some((seq, retained)) = &group.retained {
+                let frame = match retained {
+                    Retained::Small(bytes) => Out::Bytes(bytes),
+                    Retained::Shared(shared) => Out::Shared(shared),
+                };
+                send_broadcast(
+                    &mut self.conns,
+                    &mut self.dirty,
+                    &mut self.slow,
+                    &mut self.stats,
+                    self.config.outbound_limit,
+                    conn,
+                    name,
+                    *seq,
+                    frame,
+                );
             }
         }
         self.events.push_back(RelayEvent::Authenticated {
@@ -548,10 +633,17 @@ impl RelayState {
             return;
         }
         record.last_seq = p.seq;
-        // The payload is copied once out of the input buffer and shared from then on.
-        let payload: Arc<[u8]> = Arc::from(p.payload);
+        // A produced payload is copied once out of the input buffer and shared from then on.
+        let mut shared: Option<Arc<[u8]>> = None;
         for group in p.groups.iter().copied() {
-            if let Err(reason) = self.publish_to(p.kind, group, &payload) {
+            let result = match p.kind {
+                PublishKind::Broadcast => self.broadcast(group, p.payload),
+                PublishKind::Produce => {
+                    let payload = shared.get_or_insert_with(|| Arc::from(p.payload)).clone();
+                    self.produce(group, payload)
+                }
+            };
+            if let Err(reason) = result {
                 self.stats.rejected += 1;
                 self.send(
                     conn,
@@ -565,77 +657,84 @@ impl RelayState {
         }
     }
 
-    fn publish_to(
-        &mut self,
-        kind: PublishKind,
-        name: &str,
-        payload: &Arc<[u8]>,
-    ) -> Result<(), RejectReason> {
-        let limits = self
-            .config
-            .limits(name)
-            .ok_or(RejectReason::GroupRefused)?
-            .clone();
+    /// Whether `name` may be used now; its limits if so.
+    fn admit(&self, name: &str) -> Result<&GroupLimits, RejectReason> {
+        let limits = self.config.limits(name).ok_or(RejectReason::GroupRefused)?;
         if !self.groups.contains_key(name) && self.groups.len() >= self.config.max_groups {
             return Err(RejectReason::TooManyGroups);
         }
-        let group = self.groups.entry(name.to_string()).or_default();
-        match kind {
-            PublishKind::Broadcast => {
-                group.next_seq += 1;
-                let seq = group.next_seq;
-                let frame: Arc<[u8]> = Frame::Deliver(Deliver {
-                    group: name,
-                    delivery: Delivery::Broadcast { seq },
-                    payload,
-                })
-                .to_vec()
-                .into();
-                group.retained = Some(frame.clone());
-                let members = group.members.clone();
-                self.stats.broadcasts += 1;
-                for m in members {
-                    self.deliver_broadcast(m, name, &frame);
-                }
-            }
-            PublishKind::Produce => {
-                if group.queue.len() >= limits.max_queue {
-                    match limits.overflow {
-                        Overflow::Reject => return Err(RejectReason::QueueFull),
-                        Overflow::DropOldest => {
-                            group.queue.pop_front();
-                            self.stats.dropped_oldest += 1;
-                        }
-                    }
-                }
-                group.queue.push_back(payload.clone());
-                self.stats.produced += 1;
-                self.dispatch(name);
-            }
+        Ok(limits)
+    }
+
+    /// Sends a broadcast to every member of `name` and retains it. The frame is encoded once:
+    /// small frames are copied into each member's output buffer, large ones shared.
+    fn broadcast(&mut self, name: &str, payload: &[u8]) -> Result<(), RejectReason> {
+        self.admit(name)?;
+        self.stats.broadcasts += 1;
+        let group = group_entry(&mut self.groups, name);
+        group.next_seq += 1;
+        let seq = group.next_seq;
+        let frame = Frame::Deliver(Deliver {
+            group: name,
+            delivery: Delivery::Broadcast { seq },
+            payload,
+        });
+        let len = frame.encoded_len();
+        let retained = if len <= SMALL_FRAME {
+            let mut buf = match group.retained.take() {
+                Some((_, Retained::Small(buf))) => buf,
+                _ => Vec::new(),
+            };
+            buf.resize(len, 0);
+            frame.encode(&mut buf).expect("sized by encoded_len");
+            Retained::Small(buf)
+        } else {
+            let mut buf = core::mem::take(&mut self.scratch);
+            buf.resize(len, 0);
+            frame.encode(&mut buf).expect("sized by encoded_len");
+            let shared = Arc::from(&buf[..]);
+            self.scratch = buf;
+            Retained::Shared(shared)
+        };
+        for member in &group.members {
+            let out = match &retained {
+                Retained::Small(bytes) => Out::Bytes(bytes),
+                Retained::Shared(shared) => Out::Shared(shared),
+            };
+            send_broadcast(
+                &mut self.conns,
+                &mut self.dirty,
+                &mut self.slow,
+                &mut self.stats,
+                self.config.outbound_limit,
+                *member,
+                name,
+                seq,
+                out,
+            );
         }
+        group.retained = Some((seq, retained));
         Ok(())
     }
 
-    /// Sends a broadcast frame to one member, or a `Skipped` notice when it is too large.
-    fn deliver_broadcast(&mut self, conn: ConnId, group: &str, frame: &Arc<[u8]>) {
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        if frame.len() > c.max_frame as usize {
-            self.stats.skipped += 1;
-            // The sequence number sits in the frame; decode it back rather than pass it around.
-            let seq = match frame::decode(frame) {
-                Ok(Frame::Deliver(Deliver {
-                    delivery: Delivery::Broadcast { seq },
-                    ..
-                })) => seq,
-                _ => 0,
-            };
-            let size = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-            self.send(conn, Frame::Skipped(Skipped { group, seq, size }));
-        } else {
-            self.enqueue(conn, Chunk::Shared(frame.clone()));
+    /// Adds a produced object to the queue of `name` (its overflow policy applies) and
+    /// dispatches.
+    fn produce(&mut self, name: &str, payload: Arc<[u8]>) -> Result<(), RejectReason> {
+        let limits = self.admit(name)?.clone();
+        let group = group_entry(&mut self.groups, name);
+        if group.queue.len() >= limits.max_queue {
+            match limits.overflow {
+                Overflow::Reject => return Err(RejectReason::QueueFull),
+                Overflow::DropOldest => {
+                    group.queue.pop_front();
+                    self.stats.dropped_oldest += 1;
+                }
+            }
         }
+        group.queue.push_back(payload);
+        self.stats.produced += 1;
+        self.dispatch(name);
+        Ok(())
     }
 
     fn grant(&mut self, conn: ConnId, name: &str, credit: i32) {
@@ -719,25 +818,34 @@ impl RelayState {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        let Some(name) = self.groups.get(group).map(|g| g.name.clone()) else {
+            return;
+        };
         let tag = c.next_tag;
         c.next_tag += 1;
-        let header = Frame::Deliver(Deliver {
+        // The header is small and built on the stack; the payload follows it.
+        let mut head = [0u8; frame::PREFIX_LEN + 1 + crate::MAX_GROUP_NAME + 1 + 10];
+        let n = Frame::Deliver(Deliver {
             group,
             delivery: Delivery::Produced { tag },
             payload: &[],
-        });
-        let mut head = alloc::vec![0; header.encoded_len()];
-        let n = header
-            .encode_header(payload.len(), &mut head)
-            .expect("sized by encoded_len");
-        head.truncate(n);
+        })
+        .encode_header(payload.len(), &mut head)
+        .expect("the largest header fits");
         c.in_flight.push_back(InFlight {
             tag,
-            group: group.to_string(),
+            group: name,
             payload: payload.clone(),
         });
-        self.enqueue(conn, Chunk::Owned(head));
-        self.enqueue(conn, Chunk::Shared(payload));
+        let limit = self.config.outbound_limit;
+        let (conns, dirty, slow) = (&mut self.conns, &mut self.dirty, &mut self.slow);
+        queue_out(conns, dirty, slow, limit, conn, Out::Bytes(&head[..n]));
+        let body = if payload.len() <= SMALL_FRAME {
+            Out::Bytes(&payload)
+        } else {
+            Out::Shared(&payload)
+        };
+        queue_out(conns, dirty, slow, limit, conn, body);
     }
 
     fn flush_confirm(&mut self, conn: ConnId) {
@@ -746,32 +854,36 @@ impl RelayState {
         }
     }
 
+    /// Encodes a control frame for `conn`.
     fn send(&mut self, conn: ConnId, f: Frame<'_>) {
-        self.enqueue(conn, Chunk::Owned(f.to_vec()));
+        let mut buf = core::mem::take(&mut self.scratch);
+        buf.resize(f.encoded_len(), 0);
+        let n = f.encode(&mut buf).expect("sized by encoded_len");
+        queue_out(
+            &mut self.conns,
+            &mut self.dirty,
+            &mut self.slow,
+            self.config.outbound_limit,
+            conn,
+            Out::Bytes(&buf[..n]),
+        );
+        self.scratch = buf;
     }
 
-    /// Queues output for a connection, closing it as a slow consumer when its backlog is over
-    /// the limit.
-    fn enqueue(&mut self, conn: ConnId, chunk: Chunk) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if matches!(c.phase, Phase::Closed) {
-            return;
-        }
-        if c.backlog > self.config.outbound_limit {
+    /// Closes the connections found over their backlog limit. Closing one can requeue its
+    /// objects for others, so this runs until no new slow consumer appears.
+    fn close_slow_consumers(&mut self) {
+        while let Some(conn) = self.slow.pop() {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            // What is still queued for it is dropped; the Close frame goes out alone.
+            let queued: usize = c.out.iter().map(|ch| ch.len()).sum();
+            c.backlog -= queued;
+            c.out.clear();
             self.stats.slow_consumers += 1;
             let detail = alloc::format!("more than {} bytes waiting", self.config.outbound_limit);
-            // What is still queued for it is dropped; the Close frame goes out alone.
-            c.backlog -= c.out.iter().map(|ch| ch.len()).sum::<usize>();
-            c.out.clear();
             self.close(conn, CloseCode::SlowConsumer, &detail);
-            return;
-        }
-        c.push(chunk);
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty.push_back(conn);
         }
     }
 
@@ -786,7 +898,9 @@ impl RelayState {
         }
         let was_open = matches!(c.phase, Phase::Open);
         let close = Frame::Close(Close { code, detail }).to_vec();
-        c.push(Chunk::Owned(close));
+        // The Close frame goes out even past the backlog limit.
+        c.backlog += close.len();
+        c.out.push_back(Chunk::Owned(close));
         c.phase = Phase::Closed;
         if !c.dirty {
             c.dirty = true;
@@ -817,7 +931,7 @@ impl RelayState {
         self.stats.redelivered += in_flight.len() as u64;
         // Back to the front, keeping their order.
         for item in in_flight.into_iter().rev() {
-            if let Some(group) = self.groups.get_mut(&item.group) {
+            if let Some(group) = self.groups.get_mut(&*item.group) {
                 group.queue.push_front(item.payload);
             }
         }
@@ -939,6 +1053,57 @@ impl RelayState {
             self.close(id, code, "");
         }
     }
+}
+
+/// The group called `name`, created if it does not exist (without allocating when it does).
+fn group_entry<'g>(groups: &'g mut BTreeMap<String, Group>, name: &str) -> &'g mut Group {
+    if !groups.contains_key(name) {
+        groups.insert(
+            name.to_string(),
+            Group {
+                name: Arc::from(name),
+                members: Vec::new(),
+                next_seq: 0,
+                retained: None,
+                queue: VecDeque::new(),
+                grants: VecDeque::new(),
+            },
+        );
+    }
+    groups.get_mut(name).expect("inserted above")
+}
+
+/// Queues a broadcast frame for one member, or a `Skipped` notice when the frame exceeds the
+/// member's `max_frame`.
+#[allow(clippy::too_many_arguments)]
+fn send_broadcast(
+    conns: &mut BTreeMap<ConnId, Conn>,
+    dirty: &mut VecDeque<ConnId>,
+    slow: &mut Vec<ConnId>,
+    stats: &mut RelayStats,
+    limit: usize,
+    conn: ConnId,
+    group: &str,
+    seq: u64,
+    frame: Out<'_>,
+) {
+    let len = match &frame {
+        Out::Bytes(b) => b.len(),
+        Out::Shared(s) => s.len(),
+    };
+    let Some(max) = conns.get(&conn).map(|c| c.max_frame as usize) else {
+        return;
+    };
+    if len <= max {
+        queue_out(conns, dirty, slow, limit, conn, frame);
+        return;
+    }
+    stats.skipped += 1;
+    let size = u32::try_from(len).unwrap_or(u32::MAX);
+    let notice = Frame::Skipped(Skipped { group, seq, size });
+    let mut buf = [0u8; 128];
+    let n = notice.encode(&mut buf).expect("a Skipped frame is small");
+    queue_out(conns, dirty, slow, limit, conn, Out::Bytes(&buf[..n]));
 }
 
 /// The size of the frame that delivers a produced payload of `group` (its tag varint taken at
