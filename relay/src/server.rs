@@ -292,19 +292,17 @@ impl Core {
                     resumed,
                     ..
                 } => {
-                    let peer = self.conns.get(&conn).map(|e| e.peer);
-                    info!(conn = %conn, peer = ?peer, ?groups, resumed, "endpoint authenticated");
+                    let peer = self.peer(conn);
+                    info!(conn = %conn, %peer, ?groups, resumed, "endpoint authenticated");
                 }
                 RelayEvent::Closing { conn, code, detail } => {
-                    let peer = self.conns.get(&conn).map(|e| e.peer);
+                    let peer = self.peer(conn);
                     match code {
                         CloseCode::Normal | CloseCode::Shutdown => {
-                            info!(conn = %conn, peer = ?peer, "closing: {code}")
+                            info!(conn = %conn, %peer, "closing: {code}")
                         }
-                        _ if detail.is_empty() => {
-                            warn!(conn = %conn, peer = ?peer, "closing: {code}")
-                        }
-                        _ => warn!(conn = %conn, peer = ?peer, "closing: {code}: {detail}"),
+                        _ if detail.is_empty() => warn!(conn = %conn, %peer, "closing: {code}"),
+                        _ => warn!(conn = %conn, %peer, "closing: {code}: {detail}"),
                     }
                     // Output queued before the Close frame is sent first (flushed below).
                     self.push_output(conn);
@@ -318,6 +316,13 @@ impl Core {
         while let Some(conn) = self.state.poll_dirty() {
             self.push_output(conn);
         }
+    }
+
+    /// The peer address of a connection, for log lines.
+    fn peer(&self, conn: ConnId) -> String {
+        self.conns
+            .get(&conn)
+            .map_or_else(|| "?".to_owned(), |e| e.peer.to_string())
     }
 
     fn push_output(&mut self, conn: ConnId) {

@@ -13,7 +13,10 @@ use crate::codec::CodecError;
 #[non_exhaustive]
 pub enum Error {
     /// The relay did not accept this endpoint's password proof. Retrying cannot help.
-    #[error("wrong password: the relay did not accept this endpoint's proof")]
+    #[error(
+        "wrong password: the relay did not accept this endpoint's proof (use the password the \
+         relay uses: its credentials directory's password file or TLSRO_PASSWORD)"
+    )]
     WrongPassword,
     /// The relay's TLS certificate was refused (unknown CA, wrong host name, expired, …).
     #[error("the relay's certificate was rejected: {0}")]
@@ -25,7 +28,7 @@ pub enum Error {
     )]
     RelayNotAuthenticated,
     /// The relay could not be reached within the connect timeout.
-    #[error("relay at {addr} unreachable: {reason}")]
+    #[error("relay at {addr} unreachable: {reason} (is the relay running and listening there?)")]
     RelayUnreachable {
         /// The address dialled.
         addr: String,

@@ -19,12 +19,13 @@ pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for S {}
 
 /// What a plain endpoint reports when TLS bytes arrive where a frame was expected.
-pub(crate) const RELAY_SPEAKS_TLS: &str = "the relay answered with TLS: it expects TLS on this port \
-     (use Security::Tls, or run the relay with --plain)";
+pub(crate) const RELAY_SPEAKS_TLS: &str = "this endpoint uses plain TCP but the relay answered \
+     with TLS: connect with TLS (Security::Tls), or run the relay in plain mode (--plain)";
 
 /// What a TLS endpoint reports when the peer does not complete a TLS handshake.
-const RELAY_SPEAKS_PLAIN: &str = "relay does not speak TLS here — is it running --plain? \
-     (use Security::Plain to talk to a plain relay)";
+const RELAY_SPEAKS_PLAIN: &str = "this endpoint uses TLS but the relay does not answer with \
+     TLS: it probably runs in plain mode (--plain); connect with Security::Plain, or run the \
+     relay with TLS";
 
 /// How the transport is secured, resolved from the builder's settings.
 #[derive(Clone)]
@@ -113,15 +114,16 @@ fn tls_failure(e: io::Error) -> Failure {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_error {
-        Some(rustls::Error::InvalidCertificate(cert)) => {
-            Failure::new(Error::CertificateRejected(cert.to_string()), Heal::Never)
-        }
+        Some(rustls::Error::InvalidCertificate(cert)) => Failure::new(
+            Error::CertificateRejected(explain_certificate(cert)),
+            Heal::Never,
+        ),
         Some(
             rustls::Error::InvalidMessage(_)
             | rustls::Error::InappropriateMessage { .. }
             | rustls::Error::InappropriateHandshakeMessage { .. },
         ) => Failure::new(
-            Error::TlsMismatch(format!("{RELAY_SPEAKS_PLAIN} ({e})")),
+            Error::TlsMismatch(format!("{RELAY_SPEAKS_PLAIN} [{e}]")),
             Heal::NotOnFirstConnect,
         ),
         Some(other) => Failure::new(
@@ -133,12 +135,33 @@ fn tls_failure(e: io::Error) -> Failure {
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted => Failure::new(
                 Error::TlsMismatch(format!(
-                    "{RELAY_SPEAKS_PLAIN} (the relay hung up during the TLS handshake: {e})"
+                    "{RELAY_SPEAKS_PLAIN} [the relay hung up during the TLS handshake: {e}]"
                 )),
                 Heal::NotOnFirstConnect,
             ),
             _ => Failure::retry(e.into()),
         },
+    }
+}
+
+/// Says what a refused certificate means for the person who has to fix it.
+fn explain_certificate(cert: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as E;
+    match cert {
+        E::BadSignature | E::UnknownIssuer => format!(
+            "{cert:?}: the relay's certificate is not signed by the CA this endpoint trusts; \
+             copy ca.pem from the relay's credentials directory and compare the fingerprints \
+             (`tlsro-relay credentials show`)"
+        ),
+        E::NotValidForName | E::NotValidForNameContext { .. } => format!(
+            "{cert}; connect with a name the certificate carries (server_name), or generate the \
+             relay's certificate for this name (`tlsro-relay credentials generate --hostname \
+             NAME --ip ADDR`)"
+        ),
+        E::Expired | E::ExpiredContext { .. } | E::NotValidYet | E::NotValidYetContext { .. } => {
+            format!("{cert}; check both clocks, or generate new credentials")
+        }
+        other => other.to_string(),
     }
 }
 
