@@ -1179,7 +1179,7 @@ async fn plain_endpoint_at_a_tls_relay_names_the_mismatch() {
     })
     .await;
     match result {
-        Err(Error::TlsMismatch(why)) => assert!(why.contains("expects TLS"), "{why}"),
+        Err(Error::TlsMismatch(why)) => assert!(why.contains("answered with TLS"), "{why}"),
         other => panic!("{other:?}"),
     }
 }
