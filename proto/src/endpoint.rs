@@ -541,7 +541,10 @@ impl EndpointSession {
         let mut list = GroupList::new();
         for g in groups {
             frame::check_group_name(g).map_err(|_| Error::BadGroupName)?;
-            list.push(g).map_err(|_| Error::TooManyGroups)?;
+            // Naming a group twice means it once: each member gets the object once.
+            if !list.contains(g) {
+                list.push(g).map_err(|_| Error::TooManyGroups)?;
+            }
         }
         let seq = self.next_seq;
         let frame = Frame::Publish(Publish {

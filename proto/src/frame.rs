@@ -167,6 +167,8 @@ code_enum! {
         SessionTakenOver = 11 => "session taken over by a newer connection",
         /// The relay has reached its connection limit.
         TooManyConnections = 12 => "relay has too many connections",
+        /// The relay has reached its limit on the number of groups (retrying later may help).
+        TooManyGroups = 13 => "relay has too many groups",
     }
 }
 
@@ -387,6 +389,10 @@ pub enum FrameError {
     Malformed(Kind),
     /// A group name is empty or longer than [`MAX_GROUP_NAME`] bytes.
     BadGroupName,
+    /// A list names the same group twice.
+    DuplicateGroup,
+    /// The length prefix is zero: a frame must at least carry its kind byte.
+    ZeroLength,
     /// The stream ended inside a frame.
     Truncated {
         /// Bytes of the frame received.
@@ -413,6 +419,8 @@ impl fmt::Display for FrameError {
                 f,
                 "group name is empty or longer than {MAX_GROUP_NAME} bytes"
             ),
+            FrameError::DuplicateGroup => write!(f, "the same group is named twice"),
+            FrameError::ZeroLength => write!(f, "frame of length zero (no kind byte)"),
             FrameError::Truncated { have, need } => {
                 write!(f, "stream ended inside a frame ({have} of {need} bytes)")
             }
@@ -434,6 +442,17 @@ pub fn check_group_name(name: &str) -> Result<(), FrameError> {
     }
 }
 
+/// Checks a list of group names: each valid, none twice.
+pub fn check_group_list(groups: &[&str]) -> Result<(), FrameError> {
+    for (i, g) in groups.iter().enumerate() {
+        check_group_name(g)?;
+        if groups[..i].contains(g) {
+            return Err(FrameError::DuplicateGroup);
+        }
+    }
+    Ok(())
+}
+
 /// Looks at the start of a receive buffer: `Ok(None)` when more bytes are needed, `Ok(Some(n))`
 /// when a whole frame of `n` bytes is there. A frame larger than `max_frame` is an error as soon
 /// as its length prefix is readable, so the caller never buffers it.
@@ -450,8 +469,7 @@ pub fn frame_len(buf: &[u8], max_frame: u32) -> Result<Option<usize>, FrameError
         });
     }
     if len == 0 {
-        // A frame must at least carry its kind byte.
-        return Err(FrameError::Truncated { have: 4, need: 5 });
+        return Err(FrameError::ZeroLength);
     }
     let size = size as usize;
     Ok((buf.len() >= size).then_some(size))
@@ -492,7 +510,7 @@ pub fn decode(frame: &[u8]) -> Result<Frame<'_>, FrameError> {
     let frame = match kind {
         Kind::Hello => {
             let hello: Hello<'_> = only(kind, body)?;
-            hello.groups.iter().try_for_each(|g| check_group_name(g))?;
+            check_group_list(&hello.groups)?;
             Frame::Hello(hello)
         }
         Kind::Challenge => Frame::Challenge(only(kind, body)?),
@@ -516,10 +534,7 @@ pub fn decode(frame: &[u8]) -> Result<Frame<'_>, FrameError> {
             if publish.groups.is_empty() {
                 return Err(FrameError::Malformed(kind));
             }
-            publish
-                .groups
-                .iter()
-                .try_for_each(|g| check_group_name(g))?;
+            check_group_list(&publish.groups)?;
             publish.payload = payload;
             Frame::Publish(publish)
         }

@@ -23,6 +23,13 @@ use tracing::{debug, info, warn};
 /// How often the core runs the relay's timers (handshake deadlines, idle endpoints).
 const TICK: Duration = Duration::from_millis(100);
 
+/// How long a closing connection's last bytes (its `Close` frame) may take to leave before the
+/// socket is dropped anyway: a peer that stopped reading must not hold a task forever.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The longest endpoint-supplied text (a `Close` detail) that goes into a log line.
+const LOGGED_DETAIL: usize = 200;
+
 /// How the relay talks to endpoints.
 #[derive(Clone)]
 pub enum Security {
@@ -108,9 +115,14 @@ pub async fn start(
     let (input_tx, input_rx) = mpsc::channel(1024);
     let state = RelayState::new(config);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let limits = AcceptLimits {
+        handshake_timeout: state.config().handshake_timeout,
+        max_pending: state.config().max_connections,
+    };
     let acceptor = tokio::spawn(accept_loop(
         listener,
         security,
+        limits,
         tx.clone(),
         input_tx,
         stop_rx,
@@ -137,6 +149,7 @@ enum CoreMsg {
     Accepted {
         peer: SocketAddr,
         writer: mpsc::UnboundedSender<WriterMsg>,
+        closing_signal: watch::Sender<bool>,
         reply: oneshot::Sender<ConnId>,
     },
     Written(ConnId, usize),
@@ -145,9 +158,11 @@ enum CoreMsg {
     Shutdown,
 }
 
-struct Input {
-    conn: ConnId,
-    bytes: Vec<u8>,
+/// From a connection's reader. The end of the stream travels the same way as its bytes, so the
+/// core handles everything a peer sent before it learns the peer is gone.
+enum Input {
+    Bytes { conn: ConnId, bytes: Vec<u8> },
+    End(ConnId),
 }
 
 enum WriterMsg {
@@ -159,6 +174,8 @@ enum WriterMsg {
 struct ConnEntry {
     peer: SocketAddr,
     writer: mpsc::UnboundedSender<WriterMsg>,
+    /// Set when the connection is closing: its writer gets `CLOSE_GRACE` to finish.
+    closing_signal: watch::Sender<bool>,
     /// Bytes of a frame not yet whole.
     pending: Vec<u8>,
     closing: bool,
@@ -219,22 +236,54 @@ impl Core {
     }
 
     fn handle_input(&mut self, input: Input) {
+        let (conn, bytes) = match input {
+            Input::Bytes { conn, bytes } => (conn, bytes),
+            Input::End(conn) => {
+                self.reader_ended(conn);
+                return;
+            }
+        };
         let now = self.now();
-        let Some(entry) = self.conns.get_mut(&input.conn) else {
+        let Some(entry) = self.conns.get_mut(&conn) else {
             return;
         };
         if entry.closing {
             return;
         }
         if entry.pending.is_empty() {
-            let used = self.state.handle_input(now, input.conn, &input.bytes);
-            if used < input.bytes.len() {
-                entry.pending.extend_from_slice(&input.bytes[used..]);
+            let used = self.state.handle_input(now, conn, &bytes);
+            if used < bytes.len() {
+                entry.pending.extend_from_slice(&bytes[used..]);
             }
         } else {
-            entry.pending.extend_from_slice(&input.bytes);
-            let used = self.state.handle_input(now, input.conn, &entry.pending);
+            entry.pending.extend_from_slice(&bytes);
+            let used = self.state.handle_input(now, conn, &entry.pending);
             entry.pending.drain(..used);
+        }
+    }
+
+    /// The peer will send nothing more. What it sent before was handled; output that caused
+    /// (its `Close` answered, say) still goes out: the writer closes the socket when done.
+    fn reader_ended(&mut self, conn: ConnId) {
+        self.flush();
+        let Some(entry) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !entry.closing {
+            info!(conn = %conn, peer = %entry.peer, "connection lost");
+            entry.closing = true;
+            let _ = entry.writer.send(WriterMsg::Close);
+            let _ = entry.closing_signal.send(true);
+            self.state.connection_lost(conn);
+        }
+    }
+
+    fn lost(&mut self, conn: ConnId) {
+        self.state.connection_lost(conn);
+        if let Some(entry) = self.conns.remove(&conn)
+            && !entry.closing
+        {
+            info!(conn = %conn, peer = %entry.peer, "connection lost");
         }
     }
 
@@ -243,6 +292,7 @@ impl Core {
             CoreMsg::Accepted {
                 peer,
                 writer,
+                closing_signal,
                 reply,
             } => {
                 let nonce = match random_nonce() {
@@ -260,6 +310,7 @@ impl Core {
                     ConnEntry {
                         peer,
                         writer,
+                        closing_signal,
                         pending: Vec::new(),
                         closing: false,
                     },
@@ -267,14 +318,7 @@ impl Core {
                 let _ = reply.send(id);
             }
             CoreMsg::Written(conn, n) => self.state.handle_written(conn, n),
-            CoreMsg::Lost(conn) => {
-                self.state.connection_lost(conn);
-                if let Some(entry) = self.conns.remove(&conn)
-                    && !entry.closing
-                {
-                    info!(conn = %conn, peer = %entry.peer, "connection lost");
-                }
-            }
+            CoreMsg::Lost(conn) => self.lost(conn),
             CoreMsg::Stats(reply) => {
                 let _ = reply.send(self.state.stats().clone());
             }
@@ -295,20 +339,34 @@ impl Core {
                     let peer = self.peer(conn);
                     info!(conn = %conn, %peer, ?groups, resumed, "endpoint authenticated");
                 }
-                RelayEvent::Closing { conn, code, detail } => {
+                RelayEvent::Closing {
+                    conn,
+                    code,
+                    detail,
+                    by_endpoint,
+                } => {
                     let peer = self.peer(conn);
+                    // Details can hold text an endpoint chose: control characters are escaped
+                    // and the length is cut, so a peer cannot forge or flood log lines.
+                    let detail = loggable(&detail);
+                    let by = if by_endpoint {
+                        "the endpoint says: "
+                    } else {
+                        ""
+                    };
                     match code {
                         CloseCode::Normal | CloseCode::Shutdown => {
-                            info!(conn = %conn, %peer, "closing: {code}")
+                            info!(conn = %conn, %peer, "closing: {by}{code}")
                         }
-                        _ if detail.is_empty() => warn!(conn = %conn, %peer, "closing: {code}"),
-                        _ => warn!(conn = %conn, %peer, "closing: {code}: {detail}"),
+                        _ if detail.is_empty() => warn!(conn = %conn, %peer, "closing: {by}{code}"),
+                        _ => warn!(conn = %conn, %peer, "closing: {by}{code}: {detail}"),
                     }
                     // Output queued before the Close frame is sent first (flushed below).
                     self.push_output(conn);
                     if let Some(entry) = self.conns.get_mut(&conn) {
                         entry.closing = true;
                         let _ = entry.writer.send(WriterMsg::Close);
+                        let _ = entry.closing_signal.send(true);
                     }
                 }
             }
@@ -340,6 +398,20 @@ impl Core {
     }
 }
 
+/// `text` made safe for one log line: control characters escaped, at most `LOGGED_DETAIL`
+/// characters.
+fn loggable(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(LOGGED_DETAIL) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn random_nonce() -> Result<[u8; 32], String> {
     let mut nonce = [0u8; 32];
     getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
@@ -353,13 +425,24 @@ pub fn random_epoch() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Limits applied before a connection reaches the core.
+#[derive(Clone, Copy)]
+struct AcceptLimits {
+    /// The TLS handshake (or the first bytes of a plain connection) must arrive within this.
+    handshake_timeout: Duration,
+    /// At most this many connections may be in their TLS handshake at once.
+    max_pending: usize,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     security: Security,
+    limits: AcceptLimits,
     core: mpsc::UnboundedSender<CoreMsg>,
     input: mpsc::Sender<Input>,
     stop: watch::Receiver<bool>,
 ) {
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let tls = match &security {
         Security::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
         Security::Plain => None,
@@ -377,15 +460,31 @@ async fn accept_loop(
         if *stop.borrow() {
             return;
         }
+        use std::sync::atomic::Ordering;
+        if pending.load(Ordering::Relaxed) >= limits.max_pending {
+            warn!(%peer, "refusing connection: {} connections are still in their handshake", limits.max_pending);
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         let core = core.clone();
         let input = input.clone();
         let tls = tls.clone();
+        let pending = pending.clone();
+        pending.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            // Counts this connection as pending until its handshake is over, however it ends.
+            struct Pending(Arc<std::sync::atomic::AtomicUsize>);
+            impl Drop for Pending {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            let guard = Pending(pending);
             match tls {
                 Some(acceptor) => {
                     let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                        tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                    drop(guard);
                     match handshake {
                         Ok(Ok(stream)) => serve(stream, peer, core, input).await,
                         Ok(Err(e)) => {
@@ -395,7 +494,9 @@ async fn accept_loop(
                     }
                 }
                 None => {
-                    if looks_like_tls(&tcp).await {
+                    let tls_client = looks_like_tls(&tcp, limits.handshake_timeout).await;
+                    drop(guard);
+                    if tls_client {
                         warn!(%peer, "a TLS client connected to this plain-TCP relay; closing (start the endpoint with plain security, or the relay without --plain)");
                         return;
                     }
@@ -419,9 +520,9 @@ fn explain_tls_error(e: &std::io::Error) -> String {
 }
 
 /// Whether the first bytes waiting on a plain connection are a TLS handshake record.
-async fn looks_like_tls(tcp: &TcpStream) -> bool {
+async fn looks_like_tls(tcp: &TcpStream, within: Duration) -> bool {
     let mut head = [0u8; 3];
-    match tokio::time::timeout(Duration::from_secs(10), tcp.peek(&mut head)).await {
+    match tokio::time::timeout(within, tcp.peek(&mut head)).await {
         Ok(Ok(n)) if n >= 3 => head[0] == 0x16 && head[1] == 0x03,
         _ => false,
     }
@@ -438,10 +539,12 @@ async fn serve<S>(
     let (mut reader, writer) = tokio::io::split(stream);
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let (reply_tx, reply_rx) = oneshot::channel();
+    let (closing_tx, mut closing_rx) = watch::channel(false);
     if core
         .send(CoreMsg::Accepted {
             peer,
             writer: writer_tx,
+            closing_signal: closing_tx,
             reply: reply_tx,
         })
         .is_err()
@@ -451,25 +554,30 @@ async fn serve<S>(
     let Ok(conn) = reply_rx.await else {
         return;
     };
-    let reader_task = tokio::spawn({
-        let core = core.clone();
-        async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match reader.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let bytes = buf[..n].to_vec();
-                        if input.send(Input { conn, bytes }).await.is_err() {
-                            break;
-                        }
+    let reader_task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let bytes = buf[..n].to_vec();
+                    if input.send(Input::Bytes { conn, bytes }).await.is_err() {
+                        break;
                     }
                 }
             }
-            let _ = core.send(CoreMsg::Lost(conn));
         }
+        let _ = input.send(Input::End(conn)).await;
     });
-    write_loop(writer, writer_rx, conn, &core).await;
+    // A peer that stopped reading would keep the writer blocked forever: once the connection
+    // is closing, it gets CLOSE_GRACE to finish.
+    tokio::select! {
+        _ = write_loop(writer, writer_rx, conn, &core) => {}
+        _ = async {
+            let _ = closing_rx.wait_for(|closing| *closing).await;
+            tokio::time::sleep(CLOSE_GRACE).await;
+        } => {}
+    }
     reader_task.abort();
     let _ = core.send(CoreMsg::Lost(conn));
 }

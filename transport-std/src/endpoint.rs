@@ -296,11 +296,21 @@ impl<T, C: Codec> Endpoint<T, C> {
         self.inner.shared.lock().status.clone()
     }
 
-    /// A receiver of everything that happens from now on (connects, disconnects, rejections,
-    /// skipped broadcasts, undecodable objects). A receiver that falls more than 256 events
-    /// behind misses the oldest ones (`RecvError::Lagged`).
+    /// A receiver of what happens (reconnects, disconnects, rejections, skipped broadcasts,
+    /// undecodable objects). The first call gets everything since the endpoint connected (a
+    /// retained broadcast skipped right after the handshake, say); later calls get what
+    /// happens from then on. The first connection is not an event: `connect()` returning is. A
+    /// receiver that falls more than 256 events behind misses the oldest ones
+    /// (`RecvError::Lagged`).
     pub fn events(&self) -> broadcast::Receiver<Event> {
-        self.inner.shared.events.subscribe()
+        let first = self
+            .inner
+            .shared
+            .first_events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        first.unwrap_or_else(|| self.inner.shared.events.subscribe())
     }
 
     /// Payload bytes waiting in the local receive queue.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tlsro_proto::endpoint::Error as SessionError;
-use tlsro_proto::frame::{CloseCode, FrameError, RejectReason};
+use tlsro_proto::frame::{CloseCode, RejectReason};
 
 use crate::codec::CodecError;
 
@@ -130,9 +130,7 @@ impl From<SessionError> for Error {
             SessionError::RelayProofInvalid => Error::RelayNotAuthenticated,
             SessionError::Stopped => Error::Stopped,
             SessionError::PayloadTooLarge { size, max } => Error::FrameTooLarge { size, max },
-            SessionError::Frame(FrameError::TooLarge { size, max }) => {
-                Error::FrameTooLarge { size, max }
-            }
+            // A frame too large *from the relay* is the relay's fault, not the object's.
             other => Error::Protocol(other),
         }
     }

@@ -94,8 +94,10 @@ pub enum RelayEvent {
         conn: ConnId,
         /// Why.
         code: CloseCode,
-        /// Details for the log.
+        /// Details for the log (from the endpoint when `by_endpoint`: untrusted text).
         detail: String,
+        /// The endpoint asked to close (and gave `code` and `detail`).
+        by_endpoint: bool,
     },
 }
 
@@ -234,6 +236,8 @@ struct Conn {
     ping_sent: bool,
     /// Over its backlog limit: closing as a slow consumer.
     slow: bool,
+    /// Has credit but its backlog is over the dispatch window: resumed by `handle_written`.
+    paused: bool,
 }
 
 #[derive(Debug)]
@@ -341,6 +345,7 @@ impl RelayState {
                 confirm: None,
                 ping_sent: false,
                 slow: false,
+                paused: false,
             },
         );
         if full {
@@ -472,9 +477,10 @@ impl RelayState {
             (Phase::Open, Frame::Ping) => self.send(conn, Frame::Pong),
             (Phase::Open, Frame::Pong) => {}
             (_, Frame::Close(cl)) => {
-                // The endpoint stops: answer in kind so it knows everything before arrived.
+                // The endpoint stops: answer `Normal` so it knows everything before arrived. Its
+                // own code and detail are only reported (never echoed: they could be anything).
                 let detail = cl.detail.to_string();
-                self.close(conn, cl.code, &detail);
+                self.close_as(conn, CloseCode::Normal, "", cl.code, &detail, true);
             }
             (phase, other) => {
                 let detail = match phase {
@@ -506,6 +512,11 @@ impl RelayState {
             return;
         }
         let relay_mac = self.config.key.proof(Role::Relay, &transcript);
+        let replaced = self
+            .sessions
+            .get(&hello.session)
+            .and_then(|r| r.conn)
+            .filter(|old| *old != conn);
         // Group rules are checked only after the proof, so they reveal nothing to strangers.
         for group in &hello.groups {
             let refusal = match self.config.limits(group) {
@@ -514,7 +525,11 @@ impl RelayState {
                     alloc::format!("group {group:?} is not on the relay's allow-list"),
                 )),
                 Some(limits) => {
-                    let members = self.groups.get(group).map_or(0, |g| g.members.len());
+                    // The connection this session replaces (a reconnect that overtook the old
+                    // connection's death) does not count: it is about to leave.
+                    let members = self.groups.get(group).map_or(0, |g| {
+                        g.members.iter().filter(|m| Some(**m) != replaced).count()
+                    });
                     if limits.max_members.is_some_and(|max| members >= max) {
                         Some((
                             CloseCode::GroupFull,
@@ -524,7 +539,7 @@ impl RelayState {
                         && self.groups.len() >= self.config.max_groups
                     {
                         Some((
-                            CloseCode::GroupRefused,
+                            CloseCode::TooManyGroups,
                             alloc::format!("the relay already has {} groups", self.groups.len()),
                         ))
                     } else {
@@ -738,6 +753,7 @@ impl RelayState {
     }
 
     fn grant(&mut self, conn: ConnId, name: &str, credit: i32) {
+        let max = self.conns.get(&conn).map_or(0, |c| c.max_frame as usize);
         let Some(group) = self.groups.get_mut(name) else {
             return;
         };
@@ -747,23 +763,17 @@ impl RelayState {
                 Some((last, n)) if *last == conn => *n = n.saturating_add(credit as u32),
                 _ => group.grants.push_back((conn, credit as u32)),
             }
-            self.dispatch(name);
         } else if credit < 0 {
-            // Everything queued now that fits this endpoint, and no new standing credit. What is
-            // taken uses up the endpoint's standing credit first, so both sides keep counting
-            // the same outstanding credit (the endpoint subtracts every produced delivery).
-            let max = self.conns.get(&conn).map_or(0, |c| c.max_frame as usize);
-            let mut taken = Vec::new();
-            let group = self.groups.get_mut(name).expect("looked up above");
-            let mut i = 0;
-            while i < group.queue.len() {
-                if produced_frame_len(name, &group.queue[i]) <= max {
-                    taken.push(group.queue.remove(i).expect("index in range"));
-                } else {
-                    i += 1;
-                }
-            }
-            let mut to_use = taken.len() as u32;
+            // Everything queued now that fits this endpoint, and no new standing credit: a grant
+            // of exactly that many, served before any other. What it takes uses up the
+            // endpoint's standing credit first, so both sides keep counting the same outstanding
+            // credit (the endpoint subtracts every produced delivery from what it granted).
+            let wanted = group
+                .queue
+                .iter()
+                .filter(|p| produced_frame_len(name, p) <= max)
+                .count() as u32;
+            let mut to_use = wanted;
             for (m, n) in group.grants.iter_mut() {
                 if *m == conn && to_use > 0 {
                     let used = (*n).min(to_use);
@@ -772,37 +782,62 @@ impl RelayState {
                 }
             }
             group.grants.retain(|(_, n)| *n > 0);
-            for payload in taken {
-                self.deliver_produced(conn, name, payload);
+            if wanted > 0 {
+                group.grants.push_front((conn, wanted));
             }
         }
+        self.dispatch(name);
     }
 
     /// Hands queued objects of a group to members with credit, in the order credit was granted.
+    ///
+    /// Credit is a promise to take objects, not to take them all at once: a connection whose
+    /// backlog is over half the outbound limit gets nothing more until its socket has taken
+    /// some ([`handle_written`](Self::handle_written) resumes it), so the slow-consumer rule
+    /// never fires on output the relay chose to queue.
     fn dispatch(&mut self, name: &str) {
-        loop {
-            let Some(group) = self.groups.get_mut(name) else {
-                return;
-            };
+        let window = self.config.outbound_limit / 2;
+        let mut paused = Vec::new();
+        while let Some(group) = self.groups.get_mut(name) {
             if group.queue.is_empty() || group.grants.is_empty() {
-                return;
+                break;
             }
             // The first grant whose endpoint can take some queued object gets the oldest such
-            // object.
+            // object. `nothing_fits` remembers the largest limit for which no object fits, so a
+            // crowd of small consumers waiting for large objects costs one scan, not one each.
             let mut pick = None;
+            let mut nothing_fits = 0usize;
+            let front = produced_frame_len(name, &group.queue[0]);
             for (gi, (conn, _)) in group.grants.iter().enumerate() {
-                let max = self.conns.get(conn).map_or(0, |c| c.max_frame as usize);
-                if let Some(qi) = group
+                let Some(c) = self.conns.get(conn) else {
+                    continue;
+                };
+                if c.backlog > window {
+                    paused.push(*conn);
+                    continue;
+                }
+                let max = c.max_frame as usize;
+                if front <= max {
+                    pick = Some((gi, 0));
+                    break;
+                }
+                if max <= nothing_fits {
+                    continue;
+                }
+                match group
                     .queue
                     .iter()
                     .position(|p| produced_frame_len(name, p) <= max)
                 {
-                    pick = Some((gi, qi));
-                    break;
+                    Some(qi) => {
+                        pick = Some((gi, qi));
+                        break;
+                    }
+                    None => nothing_fits = max,
                 }
             }
             let Some((gi, qi)) = pick else {
-                return;
+                break;
             };
             let payload = group.queue.remove(qi).expect("index in range");
             let conn = group.grants[gi].0;
@@ -811,6 +846,11 @@ impl RelayState {
                 group.grants.remove(gi);
             }
             self.deliver_produced(conn, name, payload);
+        }
+        for conn in paused {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.paused = true;
+            }
         }
     }
 
@@ -890,6 +930,19 @@ impl RelayState {
     /// Ends a connection: leaves its groups, puts what it had not acknowledged back at the front
     /// of their queues, sends `Close`, and reports [`RelayEvent::Closing`].
     fn close(&mut self, conn: ConnId, code: CloseCode, detail: &str) {
+        self.close_as(conn, code, detail, code, detail, false);
+    }
+
+    /// [`close`](Self::close), sending one reason and reporting another.
+    fn close_as(
+        &mut self,
+        conn: ConnId,
+        code: CloseCode,
+        detail: &str,
+        reported_code: CloseCode,
+        reported_detail: &str,
+        by_endpoint: bool,
+    ) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -908,8 +961,9 @@ impl RelayState {
         }
         self.events.push_back(RelayEvent::Closing {
             conn,
-            code,
-            detail: detail.to_string(),
+            code: reported_code,
+            detail: reported_detail.to_string(),
+            by_endpoint,
         });
         if was_open {
             self.leave(conn);
@@ -943,6 +997,15 @@ impl RelayState {
         }
         for name in &groups {
             self.dispatch(name);
+            // A group nobody uses any more does not count against `max_groups`.
+            if self.groups.get(name).is_some_and(|g| {
+                g.members.is_empty()
+                    && g.queue.is_empty()
+                    && g.grants.is_empty()
+                    && g.retained.is_none()
+            }) {
+                self.groups.remove(name);
+            }
         }
     }
 
@@ -957,6 +1020,7 @@ impl RelayState {
             self.leave(conn);
         }
         self.conns.remove(&conn);
+        self.close_slow_consumers();
     }
 
     /// Closes every connection with `Shutdown` (the relay is stopping).
@@ -984,8 +1048,18 @@ impl RelayState {
 
     /// The socket of `conn` took `bytes` bytes handed out by `poll_transmit`.
     pub fn handle_written(&mut self, conn: ConnId, bytes: usize) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.backlog = c.backlog.saturating_sub(bytes);
+        let window = self.config.outbound_limit / 2;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.backlog = c.backlog.saturating_sub(bytes);
+        if c.paused && c.backlog <= window {
+            c.paused = false;
+            let groups = c.groups.clone();
+            for name in &groups {
+                self.dispatch(name);
+            }
+            self.close_slow_consumers();
         }
     }
 
@@ -1052,6 +1126,7 @@ impl RelayState {
             }
             self.close(id, code, "");
         }
+        self.close_slow_consumers();
     }
 }
 

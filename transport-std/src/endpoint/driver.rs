@@ -440,9 +440,13 @@ fn on_event(ctl: &mut Control, shared: &Shared, st: &mut State, event: SessionEv
             ctl.connected = true;
             ctl.attempt = 0;
             tracing::info!(last_seq, "connected to the relay");
-            shared.emit(Event::Connected);
-            if let Some(first) = ctl.first.take() {
-                let _ = first.send(Ok(()));
+            // The first connection is announced by `connect()` returning; reconnections are
+            // events.
+            match ctl.first.take() {
+                Some(first) => {
+                    let _ = first.send(Ok(()));
+                }
+                None => shared.emit(Event::Connected),
             }
             false
         }

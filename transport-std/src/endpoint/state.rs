@@ -34,6 +34,10 @@ pub(crate) struct Shared {
     /// Wakes receivers: objects arrived, or the endpoint ended.
     pub(crate) rx_ready: Notify,
     pub(crate) events: broadcast::Sender<Event>,
+    /// A receiver made with the channel, so that events from the very start of the connection
+    /// (a `Skipped` retained value right after the handshake, say) wait for the first
+    /// [`Endpoint::events`](super::Endpoint::events) call instead of being dropped.
+    pub(crate) first_events: Mutex<Option<broadcast::Receiver<Event>>>,
     /// Becomes `true` when the driver task has ended.
     pub(crate) finished: watch::Sender<bool>,
     pub(crate) limits: Limits,
@@ -42,6 +46,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(session: EndpointSession, limits: Limits) -> Self {
+        let (events, first_events) = broadcast::channel(EVENT_CAPACITY);
         Shared {
             state: Mutex::new(State {
                 session,
@@ -53,7 +58,8 @@ impl Shared {
             }),
             wake_driver: Notify::new(),
             rx_ready: Notify::new(),
-            events: broadcast::channel(EVENT_CAPACITY).0,
+            events,
+            first_events: Mutex::new(Some(first_events)),
             finished: watch::channel(false).0,
             limits,
             decode_failures: AtomicU64::new(0),
