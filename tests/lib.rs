@@ -552,10 +552,10 @@ impl Raw {
 
 /// Whether nothing in `events` (drained now) says the endpoint was disconnected. The first
 /// `events()` receiver also holds what happened since the endpoint was built (its `Connected`).
-pub fn never_disconnected(events: &mut tokio::sync::broadcast::Receiver<tlsro::Event>) -> bool {
+pub fn never_disconnected(events: &mut broadcast::Receiver<Event>) -> bool {
     let mut clean = true;
     while let Ok(event) = events.try_recv() {
-        clean &= !matches!(event, tlsro::Event::Disconnected { .. });
+        clean &= !matches!(event, Event::Disconnected { .. });
     }
     clean
 }

@@ -2758,10 +2758,10 @@ async fn random_frames_from_a_relay_never_kill_the_endpoint() {
 
 /// Whether nothing in `events` (drained now) says the endpoint was disconnected. The first
 /// `events()` receiver also holds what happened since the endpoint was built (its `Connected`).
-fn never_disconnected(events: &mut tokio::sync::broadcast::Receiver<tlsro::Event>) -> bool {
+fn never_disconnected(events: &mut tokio::sync::broadcast::Receiver<Event>) -> bool {
     let mut clean = true;
     while let Ok(event) = events.try_recv() {
-        clean &= !matches!(event, tlsro::Event::Disconnected { .. });
+        clean &= !matches!(event, Event::Disconnected { .. });
     }
     clean
 }

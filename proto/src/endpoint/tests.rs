@@ -972,9 +972,8 @@ fn publish_numbers_increase_by_one() {
         s.publish(PublishKind::Produce, &[""], b"x", &mut buf),
         Err(Error::BadGroupName)
     );
-    let names: std::vec::Vec<std::string::String> =
-        (0..=MAX_GROUPS).map(|i| std::format!("g{i}")).collect();
-    let many: std::vec::Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    let names: Vec<std::string::String> = (0..=MAX_GROUPS).map(|i| std::format!("g{i}")).collect();
+    let many: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
     assert_eq!(
         s.publish_header(PublishKind::Produce, &many, 1, &mut buf),
         Err(Error::TooManyGroups)
