@@ -161,58 +161,118 @@ enum Out<'a> {
     Shared(&'a Arc<[u8]>),
 }
 
-/// Queues output for `conn`. A connection whose backlog is already over `limit` gets nothing
-/// more and is listed in `slow`, to be closed once the current input is handled (closing it here
-/// would change groups while they are being iterated).
-fn queue_out(
-    conns: &mut BTreeMap<ConnId, Conn>,
-    dirty: &mut VecDeque<ConnId>,
-    slow: &mut Vec<ConnId>,
-    limit: usize,
-    conn: ConnId,
-    out: Out<'_>,
-) {
-    let Some(c) = conns.get_mut(&conn) else {
-        return;
-    };
-    if matches!(c.phase, Phase::Closed) || c.slow {
-        return;
-    }
-    if c.backlog > limit {
-        c.slow = true;
-        slow.push(conn);
-        return;
-    }
-    match out {
-        Out::Bytes(bytes) => {
-            c.backlog += bytes.len();
-            match c.out.back_mut() {
-                Some(Chunk::Owned(buf)) if buf.len() + bytes.len() <= OUTPUT_BUFFER => {
-                    buf.extend_from_slice(bytes)
-                }
-                _ => {
-                    let mut buf = Vec::with_capacity(bytes.len().max(OUTPUT_BUFFER));
-                    buf.extend_from_slice(bytes);
-                    c.out.push_back(Chunk::Owned(buf));
-                }
-            }
-        }
-        Out::Shared(shared) => {
-            c.backlog += shared.len();
-            c.out.push_back(Chunk::Shared(shared.clone()));
-        }
-    }
-    if !c.dirty {
-        c.dirty = true;
-        dirty.push_back(conn);
+/// The connections, with what output needs: which have output waiting (`dirty`), which went
+/// over their backlog limit (`slow`), and that limit. Kept apart from the groups so that a group
+/// can be read while its members' output is queued.
+#[derive(Debug)]
+struct Conns {
+    map: BTreeMap<ConnId, Conn>,
+    dirty: VecDeque<ConnId>,
+    /// Connections found over their backlog limit, closed once the current input is handled
+    /// (closing them at once would change groups while they are being iterated).
+    slow: Vec<ConnId>,
+    outbound_limit: usize,
+}
+
+impl core::ops::Deref for Conns {
+    type Target = BTreeMap<ConnId, Conn>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
     }
 }
 
-/// A retained broadcast frame: small ones live in a buffer the group reuses.
+impl core::ops::DerefMut for Conns {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl Conns {
+    /// Queues output for `conn`. A connection whose backlog is already over the limit gets
+    /// nothing more and is listed in `slow`.
+    fn queue(&mut self, conn: ConnId, out: Out<'_>) {
+        let Some(c) = self.map.get_mut(&conn) else {
+            return;
+        };
+        if matches!(c.phase, Phase::Closed) || c.slow {
+            return;
+        }
+        if c.backlog > self.outbound_limit {
+            c.slow = true;
+            self.slow.push(conn);
+            return;
+        }
+        match out {
+            Out::Bytes(bytes) => {
+                c.backlog += bytes.len();
+                match c.out.back_mut() {
+                    Some(Chunk::Owned(buf)) if buf.len() + bytes.len() <= OUTPUT_BUFFER => {
+                        buf.extend_from_slice(bytes)
+                    }
+                    _ => {
+                        let mut buf = Vec::with_capacity(bytes.len().max(OUTPUT_BUFFER));
+                        buf.extend_from_slice(bytes);
+                        c.out.push_back(Chunk::Owned(buf));
+                    }
+                }
+            }
+            Out::Shared(shared) => {
+                c.backlog += shared.len();
+                c.out.push_back(Chunk::Shared(shared.clone()));
+            }
+        }
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty.push_back(conn);
+        }
+    }
+
+    /// Queues a broadcast frame for one member, or a `Skipped` notice when the frame exceeds
+    /// the member's `max_frame`.
+    fn broadcast(
+        &mut self,
+        stats: &mut RelayStats,
+        conn: ConnId,
+        group: &str,
+        seq: u64,
+        frame: &Retained,
+    ) {
+        let Some(max) = self.map.get(&conn).map(|c| c.max_frame as usize) else {
+            return;
+        };
+        let out = frame.out();
+        let len = match &out {
+            Out::Bytes(b) => b.len(),
+            Out::Shared(s) => s.len(),
+        };
+        if len <= max {
+            self.queue(conn, out);
+            return;
+        }
+        stats.skipped += 1;
+        let size = u32::try_from(len).unwrap_or(u32::MAX);
+        let notice = Frame::Skipped(Skipped { group, seq, size });
+        let mut buf = [0u8; 128];
+        let n = notice.encode(&mut buf).expect("a Skipped frame is small");
+        self.queue(conn, Out::Bytes(&buf[..n]));
+    }
+}
+
+/// A broadcast frame (the retained one of a group): small ones live in a buffer the group
+/// reuses, large ones are shared.
 #[derive(Debug)]
 enum Retained {
     Small(Vec<u8>),
     Shared(Arc<[u8]>),
+}
+
+impl Retained {
+    fn out(&self) -> Out<'_> {
+        match self {
+            Retained::Small(bytes) => Out::Bytes(bytes),
+            Retained::Shared(shared) => Out::Shared(shared),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -263,13 +323,11 @@ struct SessionRecord {
 #[derive(Debug)]
 pub struct RelayState {
     config: RelayConfig,
-    conns: BTreeMap<ConnId, Conn>,
+    conns: Conns,
     groups: BTreeMap<String, Group>,
     sessions: BTreeMap<[u8; 16], SessionRecord>,
     next_conn: u64,
     tick: u64,
-    dirty: VecDeque<ConnId>,
-    slow: Vec<ConnId>,
     events: VecDeque<RelayEvent>,
     stats: RelayStats,
     /// Reused to encode frames before they are copied or shared.
@@ -279,15 +337,19 @@ pub struct RelayState {
 impl RelayState {
     /// A relay with no connections and no groups.
     pub fn new(config: RelayConfig) -> Self {
+        let outbound_limit = config.outbound_limit;
         RelayState {
             config,
-            conns: BTreeMap::new(),
+            conns: Conns {
+                map: BTreeMap::new(),
+                dirty: VecDeque::new(),
+                slow: Vec::new(),
+                outbound_limit,
+            },
             groups: BTreeMap::new(),
             sessions: BTreeMap::new(),
             next_conn: 1,
             tick: 0,
-            dirty: VecDeque::new(),
-            slow: Vec::new(),
             events: VecDeque::new(),
             stats: RelayStats::default(),
             scratch: Vec::new(),
@@ -590,21 +652,8 @@ impl RelayState {
             let group = group_entry(&mut self.groups, name);
             group.members.push(conn);
             if let Some((seq, retained)) = &group.retained {
-                let frame = match retained {
-                    Retained::Small(bytes) => Out::Bytes(bytes),
-                    Retained::Shared(shared) => Out::Shared(shared),
-                };
-                send_broadcast(
-                    &mut self.conns,
-                    &mut self.dirty,
-                    &mut self.slow,
-                    &mut self.stats,
-                    self.config.outbound_limit,
-                    conn,
-                    name,
-                    *seq,
-                    frame,
-                );
+                self.conns
+                    .broadcast(&mut self.stats, conn, name, *seq, retained);
             }
         }
         self.events.push_back(RelayEvent::Authenticated {
@@ -712,21 +761,8 @@ impl RelayState {
             Retained::Shared(shared)
         };
         for member in &group.members {
-            let out = match &retained {
-                Retained::Small(bytes) => Out::Bytes(bytes),
-                Retained::Shared(shared) => Out::Shared(shared),
-            };
-            send_broadcast(
-                &mut self.conns,
-                &mut self.dirty,
-                &mut self.slow,
-                &mut self.stats,
-                self.config.outbound_limit,
-                *member,
-                name,
-                seq,
-                out,
-            );
+            self.conns
+                .broadcast(&mut self.stats, *member, name, seq, &retained);
         }
         group.retained = Some((seq, retained));
         Ok(())
@@ -877,15 +913,13 @@ impl RelayState {
             group: name,
             payload: payload.clone(),
         });
-        let limit = self.config.outbound_limit;
-        let (conns, dirty, slow) = (&mut self.conns, &mut self.dirty, &mut self.slow);
-        queue_out(conns, dirty, slow, limit, conn, Out::Bytes(&head[..n]));
+        self.conns.queue(conn, Out::Bytes(&head[..n]));
         let body = if payload.len() <= SMALL_FRAME {
             Out::Bytes(&payload)
         } else {
             Out::Shared(&payload)
         };
-        queue_out(conns, dirty, slow, limit, conn, body);
+        self.conns.queue(conn, body);
     }
 
     fn flush_confirm(&mut self, conn: ConnId) {
@@ -899,21 +933,14 @@ impl RelayState {
         let mut buf = core::mem::take(&mut self.scratch);
         buf.resize(f.encoded_len(), 0);
         let n = f.encode(&mut buf).expect("sized by encoded_len");
-        queue_out(
-            &mut self.conns,
-            &mut self.dirty,
-            &mut self.slow,
-            self.config.outbound_limit,
-            conn,
-            Out::Bytes(&buf[..n]),
-        );
+        self.conns.queue(conn, Out::Bytes(&buf[..n]));
         self.scratch = buf;
     }
 
     /// Closes the connections found over their backlog limit. Closing one can requeue its
     /// objects for others, so this runs until no new slow consumer appears.
     fn close_slow_consumers(&mut self) {
-        while let Some(conn) = self.slow.pop() {
+        while let Some(conn) = self.conns.slow.pop() {
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
@@ -957,7 +984,7 @@ impl RelayState {
         c.phase = Phase::Closed;
         if !c.dirty {
             c.dirty = true;
-            self.dirty.push_back(conn);
+            self.conns.dirty.push_back(conn);
         }
         self.events.push_back(RelayEvent::Closing {
             conn,
@@ -1033,7 +1060,7 @@ impl RelayState {
 
     /// The next connection with output waiting, if any.
     pub fn poll_dirty(&mut self) -> Option<ConnId> {
-        let id = self.dirty.pop_front()?;
+        let id = self.conns.dirty.pop_front()?;
         if let Some(c) = self.conns.get_mut(&id) {
             c.dirty = false;
         }
@@ -1097,7 +1124,7 @@ impl RelayState {
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut expired = Vec::new();
         let mut ping = Vec::new();
-        for (id, c) in &self.conns {
+        for (id, c) in self.conns.iter() {
             match c.phase {
                 Phase::AwaitHello | Phase::AwaitProof(_) => {
                     if now >= c.accepted_at + self.config.handshake_timeout {
@@ -1146,39 +1173,6 @@ fn group_entry<'g>(groups: &'g mut BTreeMap<String, Group>, name: &str) -> &'g m
         );
     }
     groups.get_mut(name).expect("inserted above")
-}
-
-/// Queues a broadcast frame for one member, or a `Skipped` notice when the frame exceeds the
-/// member's `max_frame`.
-#[allow(clippy::too_many_arguments)]
-fn send_broadcast(
-    conns: &mut BTreeMap<ConnId, Conn>,
-    dirty: &mut VecDeque<ConnId>,
-    slow: &mut Vec<ConnId>,
-    stats: &mut RelayStats,
-    limit: usize,
-    conn: ConnId,
-    group: &str,
-    seq: u64,
-    frame: Out<'_>,
-) {
-    let len = match &frame {
-        Out::Bytes(b) => b.len(),
-        Out::Shared(s) => s.len(),
-    };
-    let Some(max) = conns.get(&conn).map(|c| c.max_frame as usize) else {
-        return;
-    };
-    if len <= max {
-        queue_out(conns, dirty, slow, limit, conn, frame);
-        return;
-    }
-    stats.skipped += 1;
-    let size = u32::try_from(len).unwrap_or(u32::MAX);
-    let notice = Frame::Skipped(Skipped { group, seq, size });
-    let mut buf = [0u8; 128];
-    let n = notice.encode(&mut buf).expect("a Skipped frame is small");
-    queue_out(conns, dirty, slow, limit, conn, Out::Bytes(&buf[..n]));
 }
 
 /// The size of the frame that delivers a produced payload of `group` (its tag varint taken at
