@@ -46,3 +46,23 @@ pub const MAX_GROUP_NAME: usize = 64;
 
 /// The ALPN protocol name a TLS endpoint offers.
 pub const ALPN: &[u8] = b"tlsro/1";
+
+/// The ALPN protocol name a RAM-lean TLS endpoint offers instead of [`ALPN`]: the same protocol,
+/// but the relay sends that connection TLS records of at most [`SMALL_RECORD`] bytes, so a
+/// microcontroller's TLS read buffer (which must hold a whole record) can be a few KiB instead
+/// of 16,640 bytes. A relay that does not know it refuses the handshake (no common ALPN
+/// protocol) rather than sending records that would not fit.
+pub const ALPN_SMALL_RECORDS: &[u8] = b"tlsro/1-small";
+
+/// The largest TLS record the relay sends to an endpoint that offered [`ALPN_SMALL_RECORDS`],
+/// counted as rustls's `max_fragment_size` counts it: the 5-byte record header plus at most
+/// 1,019 bytes of plaintext. Encrypted (TLS 1.3, AES-GCM: content type and tag), a record's body
+/// is at most [`SMALL_RECORD_BODY`] bytes. Every handshake message of the relay (its
+/// certificate in particular) must fit in one such record, because embedded-tls does not
+/// reassemble handshake messages split across records.
+pub const SMALL_RECORD: usize = 1024;
+
+/// The largest body (after the 5-byte header) of an encrypted record of at most
+/// [`SMALL_RECORD`] bytes of plaintext and header: what a lean endpoint's TLS read buffer must
+/// hold.
+pub const SMALL_RECORD_BODY: usize = SMALL_RECORD - 5 + 1 + 16;

@@ -33,7 +33,9 @@ const LOGGED_DETAIL: usize = 200;
 /// How the relay talks to endpoints.
 #[derive(Clone)]
 pub enum Security {
-    /// TLS 1.3 with this server configuration (see `tlsro::tls::server_config`).
+    /// TLS 1.3 with this server configuration (see `tlsro::tls::server_config`). Endpoints that
+    /// ask for small TLS records (RAM-lean microcontrollers) get a variant of it
+    /// (`tlsro::tls::small_records_config`).
     Tls(Arc<rustls::ServerConfig>),
     /// Plain TCP: the password proof still applies, but frames are neither secret nor protected.
     Plain,
@@ -444,7 +446,10 @@ async fn accept_loop(
 ) {
     let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let tls = match &security {
-        Security::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
+        Security::Tls(config) => Some(Arc::new(TlsConfigs {
+            normal: config.clone(),
+            small: tlsro::tls::small_records_config(config),
+        })),
         Security::Plain => None,
     };
     loop {
@@ -481,9 +486,11 @@ async fn accept_loop(
             }
             let guard = Pending(pending);
             match tls {
-                Some(acceptor) => {
+                Some(configs) => {
+                    // One deadline for reading the ClientHello and the rest of the handshake.
                     let handshake =
-                        tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                        tokio::time::timeout(limits.handshake_timeout, configs.accept(tcp, peer))
+                            .await;
                     drop(guard);
                     match handshake {
                         Ok(Ok(stream)) => serve(stream, peer, core, input).await,
@@ -504,6 +511,40 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// The relay's TLS configurations; which one serves a connection is decided by its ClientHello.
+struct TlsConfigs {
+    /// The configuration the relay was given.
+    normal: Arc<rustls::ServerConfig>,
+    /// The same with small TLS records (`tlsro::tls::small_records_config`), for RAM-lean
+    /// microcontroller endpoints, which ask for it by offering the ALPN protocol
+    /// `tlsro_proto::ALPN_SMALL_RECORDS`: their TLS read buffer holds only a small record.
+    small: Arc<rustls::ServerConfig>,
+}
+
+impl TlsConfigs {
+    /// Reads the ClientHello (rustls's `Acceptor`), picks the configuration by the ALPN
+    /// protocols it offers, and finishes the handshake with it.
+    async fn accept(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        let acceptor = rustls::server::Acceptor::default();
+        let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, tcp).await?;
+        let small = start
+            .client_hello()
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == tlsro_proto::ALPN_SMALL_RECORDS));
+        let config = if small {
+            debug!(%peer, "small TLS records (a RAM-lean endpoint)");
+            self.small.clone()
+        } else {
+            self.normal.clone()
+        };
+        start.into_stream(config).await
     }
 }
 
@@ -638,5 +679,53 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ALPN protocols a client offers pick the configuration: small records when it offers
+    /// `ALPN_SMALL_RECORDS`, the configuration as given otherwise (also without any ALPN).
+    #[tokio::test]
+    async fn small_records_are_chosen_by_alpn() {
+        let dir = std::env::temp_dir().join(format!("tlsro-relay-alpn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        tlsro::credentials::generate(&tlsro::credentials::GenerateOptions::new(&dir)).unwrap();
+        let server = tlsro::tls::server_config_from_dir(&dir).unwrap();
+        let key = tlsro_proto::auth::AuthKey::derive(b"password");
+        let relay = start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Security::Tls(server),
+            RelayConfig::new(key, 1),
+        )
+        .await
+        .unwrap();
+        let (small, normal) = (tlsro_proto::ALPN_SMALL_RECORDS, tlsro_proto::ALPN);
+        // (the protocols offered, the one the relay chooses)
+        type Case<'a> = (&'a [&'a [u8]], Option<&'a [u8]>);
+        let cases: [Case; 4] = [
+            (&[small], Some(small)),
+            (&[normal, small], Some(small)),
+            (&[normal], Some(normal)),
+            (&[], None),
+        ];
+        for (offered, chosen) in cases {
+            let mut client = (*tlsro::tls::client_config_from_dir(&dir).unwrap()).clone();
+            client.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
+            let tcp = TcpStream::connect(relay.local_addr()).await.unwrap();
+            let name = tlsro::tls::server_name("localhost").unwrap();
+            let tls = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp),
+            )
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+            assert_eq!(tls.get_ref().1.alpn_protocol(), chosen, "{offered:?}");
+        }
+        relay.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -58,8 +58,26 @@ impl<'a> Config<'a> {
 }
 
 /// How the link to the relay is secured.
+///
+/// # RAM-lean mode
+///
+/// embedded-tls must hold a whole TLS record in its read buffer ([`Buffers::tls_read`]), and a
+/// full-size record needs 16,640 bytes. [`with_small_records`](Self::with_small_records) asks
+/// the relay for small records instead (by the ALPN protocol
+/// [`ALPN_SMALL_RECORDS`](tlsro_proto::ALPN_SMALL_RECORDS) in the ClientHello; the relay
+/// then sends records of at most [`SMALL_RECORD`](tlsro_proto::SMALL_RECORD) bytes), so the read
+/// buffer needs only [`SMALL_RECORD_BODY`](tlsro_proto::SMALL_RECORD_BODY) (1,036) bytes.
+/// Objects are independent of records: the largest frame the relay sends is the one the
+/// endpoint states in its `Hello`, which is what [`Buffers::frame`] and [`Buffers::inbox`] hold
+/// (a lean build makes those small too; a larger broadcast is skipped for this endpoint and
+/// counted in [`Stats::skipped`](crate::Stats::skipped), a larger produced object waits for a
+/// consumer that can take it).
 #[derive(Debug, Clone, Copy)]
-pub struct Security<'a>(pub(crate) Link<'a>);
+pub struct Security<'a> {
+    pub(crate) link: Link<'a>,
+    /// Ask the relay for small TLS records (RAM-lean mode).
+    pub(crate) small_records: bool,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Link<'a> {
@@ -82,7 +100,7 @@ impl<'a> Security<'a> {
     /// Certificate validity dates are not checked (a microcontroller has no trusted clock).
     pub fn tls(ca_der: &'a [u8], server_name: &'a str) -> Result<Self, Error> {
         check_dns_name(server_name)?;
-        Ok(Security(Link::Tls {
+        Ok(Security::over(Link::Tls {
             ca_der,
             server_name,
         }))
@@ -92,18 +110,52 @@ impl<'a> Security<'a> {
     /// read everything. The password proof still protects the password and still makes the
     /// relay prove it knows it, but nothing else is protected. For bring-up only.
     pub fn dangerous_tls_without_verification(server_name: &'a str) -> Self {
-        Security(Link::TlsUnverified { server_name })
+        Security::over(Link::TlsUnverified { server_name })
     }
 
     /// Plain TCP, for a relay started in plain mode: the password proof still applies (the
     /// password never crosses the wire), but frames after it are neither secret nor protected.
     pub fn plain() -> Self {
-        Security(Link::Plain)
+        Security::over(Link::Plain)
+    }
+
+    /// RAM-lean mode (see above): the relay is asked for TLS records of at most
+    /// [`SMALL_RECORD`](tlsro_proto::SMALL_RECORD) bytes, so [`Buffers::tls_read`] may be as
+    /// small as [`SMALL_RECORD_BODY`](tlsro_proto::SMALL_RECORD_BODY) bytes. A relay that does
+    /// not support it refuses the TLS handshake ([`Error::Tls`]) instead of sending records that
+    /// do not fit. No effect in plain mode.
+    pub fn with_small_records(mut self) -> Self {
+        self.small_records = true;
+        self
+    }
+
+    /// Whether the relay is asked for small TLS records.
+    pub fn small_records(&self) -> bool {
+        self.small_records && self.is_tls()
+    }
+
+    /// The smallest [`Buffers::tls_read`] this security allows: a whole TLS record, small
+    /// (1,036 bytes) or full-size (16,640 bytes); 0 in plain mode.
+    pub fn tls_read_min(&self) -> usize {
+        if !self.is_tls() {
+            0
+        } else if self.small_records {
+            crate::TLS_READ_SMALL
+        } else {
+            crate::TLS_READ_FULL
+        }
+    }
+
+    fn over(link: Link<'a>) -> Self {
+        Security {
+            link,
+            small_records: false,
+        }
     }
 
     /// Whether this is TLS (verified or not).
     pub fn is_tls(&self) -> bool {
-        !matches!(self.0, Link::Plain)
+        !matches!(self.link, Link::Plain)
     }
 }
 
@@ -127,10 +179,12 @@ pub struct Buffers<'a> {
     pub socket_rx: &'a mut [u8],
     /// The TCP socket's transmit buffer (e.g. 2 KiB or more).
     pub socket_tx: &'a mut [u8],
-    /// embedded-tls's record read buffer: 16,640 bytes holds any TLS record. Empty in plain mode.
+    /// embedded-tls's record read buffer: it must hold a whole TLS record, so at least 16,640
+    /// bytes, or 1,036 bytes in RAM-lean mode ([`Security::with_small_records`]; see
+    /// [`Security::tls_read_min`]). Empty in plain mode.
     pub tls_read: &'a mut [u8],
     /// embedded-tls's record write buffer (at least 1 KiB; larger writes are split into
-    /// records). Empty in plain mode.
+    /// records, so it need not hold a whole frame). Empty in plain mode.
     pub tls_write: &'a mut [u8],
     /// Holds one received frame: its length is the largest frame the relay may send this
     /// endpoint (at least 1,024 bytes; an object of `n` bytes needs about `n` + 80).
@@ -216,6 +270,21 @@ mod tests {
             ),
             Err(Error::BadPem)
         );
+    }
+
+    #[test]
+    fn small_records_shrink_the_tls_read_buffer() {
+        let tls = Security::tls(b"ca", "relay.example").unwrap();
+        assert!(!tls.small_records());
+        assert_eq!(tls.tls_read_min(), 16_640);
+        let lean = tls.with_small_records();
+        assert!(lean.small_records());
+        assert_eq!(lean.tls_read_min(), 1036);
+        let unverified = Security::dangerous_tls_without_verification("relay.example");
+        assert_eq!(unverified.with_small_records().tls_read_min(), 1036);
+        let plain = Security::plain().with_small_records();
+        assert!(!plain.small_records());
+        assert_eq!(plain.tls_read_min(), 0);
     }
 
     #[test]

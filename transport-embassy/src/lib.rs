@@ -60,6 +60,15 @@ pub use tlsro_proto::frame::{CloseCode, RejectReason};
 /// The bytes in front of each object in the inbox.
 pub const INBOX_ENTRY_OVERHEAD: usize = queue::EntryHeader::LEN;
 
+/// The smallest TLS read buffer ([`Buffers::tls_read`]) for full-size TLS records: 16,640 bytes
+/// (2^14 bytes of plaintext and 256 of expansion).
+pub const TLS_READ_FULL: usize = 16_640;
+
+/// The smallest TLS read buffer in RAM-lean mode ([`Security::with_small_records`]): 1,036
+/// bytes, a whole record of at most [`SMALL_RECORD`](tlsro_proto::SMALL_RECORD) bytes once
+/// encrypted.
+pub const TLS_READ_SMALL: usize = tlsro_proto::SMALL_RECORD_BODY;
+
 /// Builds an endpoint that talks to the relay at `relay` through `stack`.
 ///
 /// `state` and every buffer in `buffers` are the caller's (usually `static`). The session id
@@ -67,8 +76,13 @@ pub const INBOX_ENTRY_OVERHEAD: usize = queue::EntryHeader::LEN;
 /// be a cryptographic RNG (the chip's TRNG, or a CSPRNG seeded from it).
 ///
 /// Fails when a buffer is too small ([`Error::BufferTooSmall`]: the frame buffer must hold at
-/// least 1,024 bytes, the inbox a frame plus [`INBOX_ENTRY_OVERHEAD`], the TLS buffers at least
-/// 1,024 bytes each in TLS mode), or when the groups are invalid.
+/// least 1,024 bytes, the inbox a frame plus [`INBOX_ENTRY_OVERHEAD`]; in TLS mode the read
+/// buffer a whole record, [`Security::tls_read_min`], and the write buffer at least 1,024
+/// bytes), or when the groups are invalid.
+///
+/// The largest frame the relay may send this endpoint (stated in its `Hello`; larger broadcasts
+/// are skipped for it, larger produced objects wait for another consumer) is what both the frame
+/// buffer and the inbox hold.
 pub fn new<'a, M: RawMutex, R: RngCore + CryptoRng>(
     stack: Stack<'a>,
     relay: IpEndpoint,
@@ -88,13 +102,17 @@ pub fn new<'a, M: RawMutex, R: RngCore + CryptoRng>(
         });
     }
     if security.is_tls() {
-        for len in [buffers.tls_read.len(), buffers.tls_write.len()] {
-            if len < 1024 {
-                return Err(Error::BufferTooSmall { needed: 1024 });
-            }
+        // embedded-tls must hold a whole record of the relay: full-size, or small ones in
+        // RAM-lean mode (the relay is asked for those by ALPN).
+        let needed = security.tls_read_min();
+        if buffers.tls_read.len() < needed {
+            return Err(Error::BufferTooSmall { needed });
+        }
+        if buffers.tls_write.len() < 1024 {
+            return Err(Error::BufferTooSmall { needed: 1024 });
         }
     }
-    if let config::Link::Tls { ca_der: [], .. } = security.0 {
+    if let config::Link::Tls { ca_der: [], .. } = security.link {
         return Err(Error::BadPem);
     }
     // The largest frame the relay may send: it must fit the frame buffer and the inbox.

@@ -15,7 +15,7 @@ use embedded_io_async::{ErrorType, Read, Write};
 use embedded_tls::pki::CertVerifier;
 use embedded_tls::{
     Aes128GcmSha256, Certificate, CryptoProvider, FlushPolicy, NoClock, TlsConfig, TlsConnection,
-    TlsContext, TlsError, TlsVerifier, UnsecureProvider,
+    TlsContext, TlsError, TlsReader, TlsVerifier, TlsWriter,
 };
 use rand_core::{CryptoRng, RngCore};
 
@@ -30,7 +30,9 @@ pub(crate) const STAGE: usize = 512;
 /// Room for the relay's certificate chain kept by the verifier during the handshake.
 const CERT_CHAIN_MAX: usize = 1536;
 
+/// The ALPN protocols offered: the normal one, or the one asking for small records.
 const ALPN_PROTOCOLS: &[&[u8]] = &[tlsro_proto::ALPN];
+const ALPN_SMALL_RECORDS: &[&[u8]] = &[tlsro_proto::ALPN_SMALL_RECORDS];
 
 /// The task that connects, authenticates, moves bytes, and reconnects. Spawn a task that calls
 /// [`run`](Self::run).
@@ -165,33 +167,40 @@ impl<M: RawMutex, R: RngCore + CryptoRng> Runner<'_, M, R> {
                     state: self.state,
                     frame: &mut *self.frame,
                 };
-                match self.security.0 {
-                    Link::Plain => {
-                        let nonce = nonce(&mut self.rng);
-                        session.drive(nonce, link, link).await
-                    }
+                let alpn = if self.security.small_records() {
+                    ALPN_SMALL_RECORDS
+                } else {
+                    ALPN_PROTOCOLS
+                };
+                let tls = match self.security.link {
+                    Link::Plain => None,
                     Link::Tls {
                         ca_der,
                         server_name,
-                    } => {
-                        let provider = Verifying {
-                            rng: &mut self.rng,
-                            verifier: CertVerifier::new(Certificate::X509(ca_der)),
-                        };
-                        let tls = TlsLink {
-                            read: &mut *self.tls_read,
-                            write: &mut *self.tls_write,
-                            server_name,
-                            timeout: self.handshake_timeout,
-                        };
-                        tls.drive(link, provider, session).await
+                    } => Some((server_name, Some(ca_der))),
+                    Link::TlsUnverified { server_name } => Some((server_name, None)),
+                };
+                match tls {
+                    None => {
+                        let nonce = nonce(&mut self.rng);
+                        let reader: ConnReader<'_, '_, '_> = PlainOrTls::Plain(link);
+                        let writer: ConnWriter<'_, '_, '_> = PlainOrTls::Plain(link);
+                        session.drive(nonce, reader, writer).await
                     }
-                    Link::TlsUnverified { server_name } => {
-                        let provider = UnsecureProvider::new::<Aes128GcmSha256>(&mut self.rng);
+                    Some((server_name, ca_der)) => {
+                        // One provider type for both TLS modes, so that embedded-tls's handshake
+                        // is compiled once (it is the largest piece of code in a firmware).
+                        // Without a CA (only `dangerous_tls_without_verification`) it has no
+                        // verifier, which embedded-tls takes as "skip verification".
+                        let provider = Provider {
+                            rng: &mut self.rng,
+                            verifier: ca_der.map(|ca| CertVerifier::new(Certificate::X509(ca))),
+                        };
                         let tls = TlsLink {
                             read: &mut *self.tls_read,
                             write: &mut *self.tls_write,
                             server_name,
+                            alpn,
                             timeout: self.handshake_timeout,
                         };
                         tls.drive(link, provider, session).await
@@ -226,6 +235,7 @@ struct TlsLink<'t> {
     read: &'t mut [u8],
     write: &'t mut [u8],
     server_name: &'t str,
+    alpn: &'static [&'static [u8]],
     timeout: Duration,
 }
 
@@ -246,7 +256,7 @@ impl TlsLink<'_> {
         tls.set_flush_policy(FlushPolicy::Relaxed);
         let config = TlsConfig::new()
             .with_server_name(self.server_name)
-            .with_alpn(ALPN_PROTOCOLS);
+            .with_alpn(self.alpn);
         let mut rng_nonce = [0u8; 32];
         provider.rng().fill_bytes(&mut rng_nonce);
         match with_timeout(self.timeout, tls.open(TlsContext::new(&config, provider))).await {
@@ -258,18 +268,96 @@ impl TlsLink<'_> {
             Err(_) => return Err(Error::HandshakeTimeout),
         }
         let (reader, writer) = tls.split();
+        let reader: ConnReader<'_, '_, '_> = PlainOrTls::Tls(reader);
+        let writer: ConnWriter<'_, '_, '_> = PlainOrTls::Tls(writer);
         session.drive(rng_nonce, reader, writer).await
     }
 }
 
-/// The crypto provider for a verified relay: the runner's RNG and embedded-tls's `rustpki`
-/// verifier holding the CA.
-struct Verifying<'v, R> {
-    rng: &'v mut R,
-    verifier: CertVerifier<'v, Aes128GcmSha256, NoClock, CERT_CHAIN_MAX>,
+/// The reading or the writing half of a connection, plain TCP or TLS: one type for both modes,
+/// so that the session's read and write loops are compiled once (1 KiB less flash in a
+/// firmware that never uses plain mode).
+enum PlainOrTls<P, T> {
+    Plain(P),
+    Tls(T),
 }
 
-impl<R: RngCore + CryptoRng> CryptoProvider for Verifying<'_, R> {
+/// The reading half of a connection.
+type ConnReader<'t, 'r, 's> =
+    PlainOrTls<SharedSocket<'r, 's>, TlsReader<'t, SharedSocket<'r, 's>, Aes128GcmSha256>>;
+
+/// The writing half of a connection.
+type ConnWriter<'t, 'r, 's> =
+    PlainOrTls<SharedSocket<'r, 's>, TlsWriter<'t, SharedSocket<'r, 's>, Aes128GcmSha256>>;
+
+/// An error of either kind of half, already translated into the endpoint's error.
+#[derive(Debug)]
+struct HalfError(Error);
+
+impl core::fmt::Display for HalfError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl core::error::Error for HalfError {}
+
+impl embedded_io_async::Error for HalfError {
+    fn kind(&self) -> embedded_io_async::ErrorKind {
+        embedded_io_async::ErrorKind::Other
+    }
+}
+
+impl From<HalfError> for Error {
+    fn from(e: HalfError) -> Self {
+        e.0
+    }
+}
+
+impl<P, T> ErrorType for PlainOrTls<P, T> {
+    type Error = HalfError;
+}
+
+impl<P: Read, T: Read> Read for PlainOrTls<P, T>
+where
+    Error: From<P::Error> + From<T::Error>,
+{
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, HalfError> {
+        match self {
+            PlainOrTls::Plain(p) => p.read(buf).await.map_err(|e| HalfError(e.into())),
+            PlainOrTls::Tls(t) => t.read(buf).await.map_err(|e| HalfError(e.into())),
+        }
+    }
+}
+
+impl<P: Write, T: Write> Write for PlainOrTls<P, T>
+where
+    Error: From<P::Error> + From<T::Error>,
+{
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, HalfError> {
+        match self {
+            PlainOrTls::Plain(p) => p.write(buf).await.map_err(|e| HalfError(e.into())),
+            PlainOrTls::Tls(t) => t.write(buf).await.map_err(|e| HalfError(e.into())),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), HalfError> {
+        match self {
+            PlainOrTls::Plain(p) => p.flush().await.map_err(|e| HalfError(e.into())),
+            PlainOrTls::Tls(t) => t.flush().await.map_err(|e| HalfError(e.into())),
+        }
+    }
+}
+
+/// The crypto provider: the runner's RNG and embedded-tls's `rustpki` verifier holding the CA,
+/// or no verifier at all for `Security::dangerous_tls_without_verification` (embedded-tls then
+/// skips the certificate and signature checks).
+struct Provider<'v, R> {
+    rng: &'v mut R,
+    verifier: Option<CertVerifier<'v, Aes128GcmSha256, NoClock, CERT_CHAIN_MAX>>,
+}
+
+impl<R: RngCore + CryptoRng> CryptoProvider for Provider<'_, R> {
     type CipherSuite = Aes128GcmSha256;
     type Signature = &'static [u8];
 
@@ -278,7 +366,7 @@ impl<R: RngCore + CryptoRng> CryptoProvider for Verifying<'_, R> {
     }
 
     fn verifier(&mut self) -> Result<&mut impl TlsVerifier<Self::CipherSuite>, TlsError> {
-        Ok(&mut self.verifier)
+        self.verifier.as_mut().ok_or(TlsError::Unimplemented)
     }
 }
 

@@ -4,7 +4,8 @@
 //! meet the same relay: TLS 1.3 only; cipher suites TLS13_AES_128_GCM_SHA256 (first), then
 //! TLS13_AES_256_GCM_SHA384 and TLS13_CHACHA20_POLY1305_SHA256; key exchange secp256r1 (first),
 //! then x25519. Both offer the ALPN protocol [`ALPN_PROTOCOL`]; a client that offers no ALPN at all
-//! (embedded-tls by default) is still accepted by the relay.
+//! (embedded-tls by default) is still accepted by the relay. A RAM-lean microcontroller offers
+//! [`ALPN_SMALL_RECORDS`] instead, and the relay serves it with [`small_records_config`].
 //!
 //! A client trusts exactly the certificates in the CA file written by
 //! [`credentials::generate`](crate::credentials::generate), nothing from the system.
@@ -132,8 +133,8 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupE
 /// certificate first) with the private key in `key_pem`, no client certificates, TLS 1.3 with the
 /// suites and groups of [`crypto_provider`], ALPN [`ALPN_PROTOCOL`].
 ///
-/// The result can be cloned (`(*config).clone()`) to make variants, e.g. one with a small
-/// `max_fragment_size` for RAM-lean microcontrollers.
+/// The result can be cloned (`(*config).clone()`) to make variants, e.g. the one with a small
+/// `max_fragment_size` for RAM-lean microcontrollers ([`small_records_config`]).
 pub fn server_config(
     cert_chain_pem: &Path,
     key_pem: &Path,
@@ -158,6 +159,23 @@ pub fn server_config(
         })?;
     config.alpn_protocols = vec![ALPN_PROTOCOL.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The ALPN protocol a RAM-lean endpoint offers to be sent small TLS records
+/// ([`tlsro_proto::ALPN_SMALL_RECORDS`]; see [`small_records_config`]).
+pub const ALPN_SMALL_RECORDS: &[u8] = tlsro_proto::ALPN_SMALL_RECORDS;
+
+/// The variant of a relay configuration (from [`server_config`]) that the relay uses for a
+/// connection whose ClientHello offers [`ALPN_SMALL_RECORDS`]: TLS records of at most
+/// [`tlsro_proto::SMALL_RECORD`] bytes (so a microcontroller needs a read buffer of a few KiB,
+/// not 16,640 bytes) and that ALPN protocol only. Everything else (certificate, suites, groups)
+/// is `config`'s.
+pub fn small_records_config(config: &ServerConfig) -> Arc<ServerConfig> {
+    let mut small = config.clone();
+    let limit = tlsro_proto::SMALL_RECORD;
+    small.max_fragment_size = Some(config.max_fragment_size.map_or(limit, |m| m.min(limit)));
+    small.alpn_protocols = vec![ALPN_SMALL_RECORDS.to_vec()];
+    Arc::new(small)
 }
 
 /// [`server_config`] with `relay.pem` and `relay.key` in the credentials directory `dir`.
@@ -339,6 +357,103 @@ mod tests {
             "unexpected error: {err:?}"
         );
         assert!(server_result.is_err());
+    }
+
+    /// A reader that keeps a copy of every byte it passes on, to look at the TLS records.
+    struct Sniff<S> {
+        inner: S,
+        seen: Vec<u8>,
+    }
+
+    impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Sniff<S> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let this = &mut *self;
+            let result = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+            this.seen.extend_from_slice(&buf.filled()[before..]);
+            result
+        }
+    }
+
+    impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Sniff<S> {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn small_records_config_sends_small_records() {
+        let dir = TestDir::new("tls-small");
+        generate(&GenerateOptions::new(dir.path())).unwrap();
+        let server = server_config_from_dir(dir.path()).unwrap();
+        let small = small_records_config(&server);
+        assert_eq!(server.max_fragment_size, None, "the original is unchanged");
+        let mut client = (*client_config_from_dir(dir.path()).unwrap()).clone();
+        client.alpn_protocols = vec![ALPN_SMALL_RECORDS.to_vec()];
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server_task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await?;
+            let mut tls = TlsAcceptor::from(small).accept(tcp).await?;
+            // One write far larger than a small record.
+            tls.write_all(&[7u8; 20_000]).await?;
+            tls.shutdown().await?;
+            Ok::<_, std::io::Error>(())
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let sniff = Sniff {
+            inner: tcp,
+            seen: Vec::new(),
+        };
+        let mut tls = TlsConnector::from(Arc::new(client))
+            .connect(server_name("localhost").unwrap(), sniff)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(ALPN_SMALL_RECORDS));
+        let mut all = Vec::new();
+        tls.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all.len(), 20_000);
+        server_task.await.unwrap().unwrap();
+
+        // Walk the records the relay sent: every body fits a lean endpoint's read buffer.
+        let seen = &tls.get_ref().0.seen;
+        let (mut at, mut records, mut largest) = (0, 0, 0);
+        while at + 5 <= seen.len() {
+            let body = usize::from(u16::from_be_bytes([seen[at + 3], seen[at + 4]]));
+            largest = largest.max(body);
+            records += 1;
+            at += 5 + body;
+        }
+        assert_eq!(at, seen.len(), "whole records");
+        assert!(records > 20, "{records} records");
+        assert!(
+            largest <= tlsro_proto::SMALL_RECORD_BODY,
+            "a record body of {largest} bytes"
+        );
+        assert_eq!(largest, tlsro_proto::SMALL_RECORD_BODY);
     }
 
     #[test]

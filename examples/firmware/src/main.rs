@@ -8,7 +8,9 @@
 //!
 //! Build: `cargo build --release` in this directory (its own workspace); flash and watch the
 //! defmt log with `cargo run --release` (probe-rs). Set the password at build time with
-//! `TLSRO_PASSWORD=... cargo build --release`.
+//! `TLSRO_PASSWORD=... cargo build --release`. `--features lean` builds the RAM-lean profile:
+//! the relay is asked for small TLS records, so the TLS read buffer is 1,036 bytes instead of
+//! 16,640, with smaller socket buffers and fewer Ethernet DMA buffers (see README.md).
 #![no_std]
 #![no_main]
 
@@ -32,7 +34,8 @@ const ADDRESS: Ipv4Cidr = Ipv4Cidr::new(Ipv4Address::new(10, 42, 0, 2), 24);
 const RELAY: (Ipv4Address, u16) = (Ipv4Address::new(10, 42, 0, 1), 7000);
 /// A DNS name of the relay certificate (embedded-tls never matches IP addresses).
 const RELAY_NAME: &str = "relay.local";
-const CA_PEM: &[u8] = include_bytes!("../ca.pem");
+/// `ca.pem` as DER (converted by build.rs).
+const CA_DER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ca.der"));
 const PASSWORD: &str = match option_env!("TLSRO_PASSWORD") {
     Some(p) => p,
     None => "change me",
@@ -40,13 +43,36 @@ const PASSWORD: &str = match option_env!("TLSRO_PASSWORD") {
 const GROUPS: &[&str] = &["robot-commands"];
 
 /// The buffer sizes of the profile (see README.md for what each costs).
-const TLS_READ: usize = 16_640; // a whole TLS record of the relay
-const TLS_WRITE: usize = 2048;
-const SOCKET_RX: usize = 2048;
-const SOCKET_TX: usize = 2048;
-const FRAME: usize = 1024; // the largest frame the relay may send this robot
-const INBOX: usize = 2048;
-const OUTBOX: usize = 1024;
+#[cfg(not(feature = "lean"))]
+mod sizes {
+    pub const TLS_READ: usize = tlsro_embassy::TLS_READ_FULL; // a whole full-size TLS record
+    pub const TLS_WRITE: usize = 2048;
+    pub const SOCKET_RX: usize = 2048;
+    pub const SOCKET_TX: usize = 2048;
+    pub const FRAME: usize = 1024; // the largest frame the relay may send this robot
+    pub const INBOX: usize = 2048;
+    pub const OUTBOX: usize = 1024;
+    pub const ETH_TX: usize = 4; // Ethernet DMA packet buffers, 1,524 bytes each
+    pub const ETH_RX: usize = 4;
+}
+
+/// The RAM-lean profile: small TLS records (asked of the relay by ALPN), so the read buffer holds
+/// one 1,036-byte record. The 1 KiB receive window keeps at most one segment in flight from the
+/// relay, which two Ethernet receive buffers absorb.
+#[cfg(feature = "lean")]
+mod sizes {
+    pub const TLS_READ: usize = tlsro_embassy::TLS_READ_SMALL;
+    pub const TLS_WRITE: usize = 1024; // embedded-tls's minimum for the ClientHello
+    pub const SOCKET_RX: usize = 1024;
+    pub const SOCKET_TX: usize = 1024;
+    pub const FRAME: usize = 1024; // the smallest largest frame an endpoint may state
+    pub const INBOX: usize = FRAME + tlsro_embassy::INBOX_ENTRY_OVERHEAD;
+    pub const OUTBOX: usize = 1024;
+    pub const ETH_TX: usize = 2;
+    pub const ETH_RX: usize = 2;
+}
+
+use sizes::*;
 
 /// What the robot reports.
 #[derive(Serialize, defmt::Format)]
@@ -93,7 +119,8 @@ async fn main(spawner: Spawner) {
     let mut seed = [0u8; 8];
     rng.fill_bytes(&mut seed);
 
-    static PACKETS: ConstStaticCell<PacketQueue<4, 4>> = ConstStaticCell::new(PacketQueue::new());
+    static PACKETS: ConstStaticCell<PacketQueue<ETH_TX, ETH_RX>> =
+        ConstStaticCell::new(PacketQueue::new());
     // A locally administered MAC address (set your own).
     let mac = [0x02, 0x74, 0x6c, 0x73, 0x72, 0x6f];
     let device = Ethernet::new(
@@ -126,9 +153,10 @@ async fn main(spawner: Spawner) {
     );
     spawner.spawn(net_task(net_runner).unwrap());
 
-    static CA_DER: ConstStaticCell<[u8; 1024]> = ConstStaticCell::new([0; 1024]);
-    let ca_der = tlsro_embassy::pem_to_der(CA_PEM, CA_DER.take()).unwrap();
-    let security = Security::tls(ca_der, RELAY_NAME).unwrap();
+    let security = Security::tls(CA_DER, RELAY_NAME).unwrap();
+    // Lean: ask the relay for small TLS records (the relay picks them per connection by ALPN).
+    #[cfg(feature = "lean")]
+    let security = security.with_small_records();
     let config = tlsro_embassy::Config::new(PASSWORD.as_bytes(), GROUPS);
 
     static TLS_READ_BUF: ConstStaticCell<[u8; TLS_READ]> = ConstStaticCell::new([0; TLS_READ]);

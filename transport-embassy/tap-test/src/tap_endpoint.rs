@@ -3,7 +3,12 @@
 //! so the test runs this as a child process and drives it over stdin/stdout.
 //!
 //! Usage: `tap-endpoint --tap NAME --ip 10.77.0.2/24 --relay 10.77.0.1:7000 --password P
-//!         --groups a,b [--ca ca.pem --server-name relay.tlsro.test | --plain | --unverified NAME]`
+//!         --groups a,b [--ca ca.pem --server-name relay.tlsro.test | --plain | --unverified NAME]
+//!         [--small-records] [--tls-read N] [--tls-write N] [--socket N] [--frame N] [--inbox N]
+//!         [--outbox N]`
+//!
+//! `--small-records` is the RAM-lean mode (the relay is asked for small TLS records); the other
+//! flags set buffer sizes in bytes (`--socket`: each of the TCP socket's two buffers).
 //!
 //! Commands, one per line on stdin; each is answered by one line starting with `= `:
 //!
@@ -16,7 +21,7 @@
 //!                           grant FROM one more credit; then = ok
 //! drain N                   receive N objects: = drained N first=TEXT last=TEXT ordered=BOOL
 //!                           (ordered: each payload sorts after the one before)
-//! status                    = status STATUS connects=N
+//! status                    = status STATUS connects=N skipped=N
 //! stop                      = stopped
 //! ```
 //!
@@ -49,6 +54,18 @@ struct Args {
     server_name: String,
     plain: bool,
     unverified: bool,
+    small_records: bool,
+    sizes: Sizes,
+}
+
+/// Buffer sizes, in bytes.
+struct Sizes {
+    socket: usize,
+    tls_read: usize,
+    tls_write: usize,
+    frame: usize,
+    inbox: usize,
+    outbox: usize,
 }
 
 fn parse_args() -> Args {
@@ -62,6 +79,15 @@ fn parse_args() -> Args {
         server_name: "relay.tlsro.test".into(),
         plain: false,
         unverified: false,
+        small_records: false,
+        sizes: Sizes {
+            socket: 8 * 1024,
+            tls_read: 16_640,
+            tls_write: 4 * 1024,
+            frame: 4 * 1024,
+            inbox: 16 * 1024,
+            outbox: 8 * 1024,
+        },
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,6 +117,13 @@ fn parse_args() -> Args {
             "--server-name" => args.server_name = value(),
             "--plain" => args.plain = true,
             "--unverified" => args.unverified = true,
+            "--small-records" => args.small_records = true,
+            "--socket" => args.sizes.socket = value().parse().expect("--socket N"),
+            "--tls-read" => args.sizes.tls_read = value().parse().expect("--tls-read N"),
+            "--tls-write" => args.sizes.tls_write = value().parse().expect("--tls-write N"),
+            "--frame" => args.sizes.frame = value().parse().expect("--frame N"),
+            "--inbox" => args.sizes.inbox = value().parse().expect("--inbox N"),
+            "--outbox" => args.sizes.outbox = value().parse().expect("--outbox N"),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -223,9 +256,10 @@ async fn command_task(endpoint: Endpoint<'static, M>) {
                 })
             }
             ["status"] => format!(
-                "status {} connects={}",
+                "status {} connects={} skipped={}",
                 status_text(endpoint.status()),
-                endpoint.stats().connects
+                endpoint.stats().connects,
+                endpoint.stats().skipped
             ),
             ["stop"] => {
                 endpoint.stop().await;
@@ -320,14 +354,20 @@ async fn main(spawner: Spawner) {
         let der = tlsro_embassy::pem_to_der(&pem, buffer(4096)).expect("CA PEM");
         Security::tls(der, String::leak(args.server_name.clone())).expect("server name")
     };
+    let security = if args.small_records {
+        security.with_small_records()
+    } else {
+        security
+    };
+    let sizes = &args.sizes;
     let buffers = Buffers {
-        socket_rx: buffer(8 * 1024),
-        socket_tx: buffer(8 * 1024),
-        tls_read: buffer(16_640),
-        tls_write: buffer(4 * 1024),
-        frame: buffer(4 * 1024),
-        inbox: buffer(16 * 1024),
-        outbox: buffer(8 * 1024),
+        socket_rx: buffer(sizes.socket),
+        socket_tx: buffer(sizes.socket),
+        tls_read: buffer(sizes.tls_read),
+        tls_write: buffer(sizes.tls_write),
+        frame: buffer(sizes.frame),
+        inbox: buffer(sizes.inbox),
+        outbox: buffer(sizes.outbox),
     };
     let state: &'static mut State<'static, M> = leak(State::new());
     let (endpoint, runner) =

@@ -264,29 +264,10 @@ async fn scenario() {
 
     // Round trip of a small produced object: host produces to the robot, the robot produces the
     // same bytes back, the host receives them.
-    e.expect("notify to-robot 1", "ok").await;
-    h.notify("to-host", RTT_ROUNDS as i32).await;
-    e.send(&format!("echo {RTT_ROUNDS} to-robot to-host")).await;
-    let mut rtts = Vec::with_capacity(RTT_ROUNDS);
-    for i in 0..RTT_ROUNDS {
-        let payload = format!("rtt-{i:04}");
-        let t0 = Instant::now();
-        h.publish(PublishKind::Produce, "to-robot", payload.as_bytes())
-            .await;
-        assert_eq!(h.recv(5).await, got("to-host", true, &payload));
-        rtts.push(t0.elapsed());
-    }
-    e.answer("ok").await;
-    rtts.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let rtt = produce_round_trips(&mut h, &mut e, "to-robot", "to-host", RTT_ROUNDS).await;
     println!(
-        "tap test: produce round trip host -> relay -> embassy -> relay -> host, {} objects of 8 bytes: \
-         median {:.2} ms, p90 {:.2} ms, min {:.2} ms, max {:.2} ms",
-        RTT_ROUNDS,
-        ms(rtts[RTT_ROUNDS / 2]),
-        ms(rtts[RTT_ROUNDS * 9 / 10]),
-        ms(rtts[0]),
-        ms(rtts[RTT_ROUNDS - 1])
+        "tap test: produce round trip host -> relay -> embassy -> relay -> host, {RTT_ROUNDS} \
+         objects of 8 bytes: {rtt}"
     );
     // The echo granted one more credit after the last object: it is outstanding now.
 
@@ -324,7 +305,7 @@ async fn scenario() {
         "tap test: relay restarted -> reconnected in {} ms",
         restarted.elapsed().as_millis()
     );
-    e.expect_prefix("status", "status Connected connects=2")
+    e.expect_prefix("status", "status Connected connects=2 ")
         .await;
     let mut h = Peer::connect(addr, &ca, &["hosts", "to-host"]).await;
     // Live or as the retained value on join, depending on who was first: exactly once.
@@ -343,6 +324,8 @@ async fn scenario() {
     e.event("runner-ended Stopped", 10).await;
     e.finish().await;
     drop(h);
+
+    lean_mode(addr, &ca).await;
 
     // TLS without verification (the dangerous constructor) still runs the password proof.
     let mut e =
@@ -406,6 +389,147 @@ async fn scenario() {
     println!("tap test: unverified TLS and plain TCP modes; mismatched modes named");
     let _ = std::fs::remove_dir_all(&dir);
     println!("tap test: all assertions passed");
+}
+
+/// The RAM-lean mode: the endpoint asks for small TLS records, with the smallest TLS read buffer
+/// that allows (`SMALL_RECORD_BODY`, 1,036 bytes; a full-size record needs 16,640), a 1 KiB TLS
+/// write buffer, 2 KiB socket buffers and a 1 KiB frame buffer (so its `Hello` states a largest
+/// frame of 1,024 bytes).
+async fn lean_mode(addr: SocketAddr, ca: &Path) {
+    const FRAME: usize = 1024;
+    let tls_read = tlsro_proto::SMALL_RECORD_BODY.to_string();
+    let mut h = Peer::connect(addr, ca, &["lean-hosts", "lean-to-host"]).await;
+    let started = Instant::now();
+    let mut e = Embassy::spawn(&[
+        "--password",
+        PASSWORD,
+        "--ca",
+        path(ca),
+        "--groups",
+        "lean,to-lean",
+        "--small-records",
+        "--tls-read",
+        &tls_read,
+        "--tls-write",
+        "1024",
+        "--socket",
+        "2048",
+        "--frame",
+        &FRAME.to_string(),
+        "--inbox",
+        "2048",
+        "--outbox",
+        "2048",
+    ])
+    .await;
+    e.event("status Connected", 30).await;
+    println!(
+        "tap test: lean mode (small TLS records, {tls_read}-byte TLS read buffer): verified TLS + \
+         password handshake in {} ms",
+        started.elapsed().as_millis()
+    );
+
+    // Broadcast both ways.
+    h.publish(PublishKind::Broadcast, "lean", b"lean-b-1").await;
+    e.expect("recv 5000", "item lean broadcast lean-b-1").await;
+    e.expect_prefix("broadcast lean-hosts lean-e-1", "ok").await;
+    assert_eq!(h.recv(5).await, got("lean-hosts", false, "lean-e-1"));
+    // An object larger than the TLS write buffer goes out in several records.
+    let big_out = format!("lean-e-2-{}", "y".repeat(1500));
+    e.expect_prefix(&format!("broadcast lean-hosts {big_out}"), "ok")
+        .await;
+    assert_eq!(h.recv(5).await, got("lean-hosts", false, &big_out));
+    println!("tap test: lean mode: broadcast host -> embassy and embassy -> host (1.5 KB out)");
+
+    // A broadcast larger than the endpoint's stated largest frame is skipped for it (the relay
+    // sends a Skipped notice instead); the next one arrives.
+    let too_big = vec![b'x'; 3 * FRAME];
+    h.publish(PublishKind::Broadcast, "lean", &too_big).await;
+    h.publish(PublishKind::Broadcast, "lean", b"lean-b-2").await;
+    e.expect("recv 5000", "item lean broadcast lean-b-2").await;
+    e.expect("status", "status Connected connects=1 skipped=1")
+        .await;
+    println!("tap test: lean mode: a 3 KB broadcast is skipped for the 1 KiB endpoint (Skipped)");
+
+    // Produce and notify both ways.
+    e.expect("notify to-lean 1", "ok").await;
+    h.publish(PublishKind::Produce, "to-lean", b"lean-job-1")
+        .await;
+    e.expect("recv 5000", "item to-lean produced lean-job-1")
+        .await;
+    h.notify("lean-to-host", 1).await;
+    e.expect_prefix("produce lean-to-host lean-res-1", "ok")
+        .await;
+    assert_eq!(h.recv(5).await, got("lean-to-host", true, "lean-res-1"));
+    println!("tap test: lean mode: produce/notify host -> embassy and embassy -> host");
+
+    // Many objects close to the frame limit at once: the relay coalesces them into large
+    // writes, which rustls must cut into small records; one record too large for the TLS read
+    // buffer would break the connection (and lose these broadcasts).
+    let burst = 100;
+    for i in 0..burst {
+        let payload = format!("lean-burst-{i:04}-{}", "z".repeat(880));
+        h.publish(PublishKind::Broadcast, "lean", payload.as_bytes())
+            .await;
+    }
+    e.expect_prefix(
+        &format!("drain {burst}"),
+        &format!("drained {burst} first=lean-burst-0000-z"),
+    )
+    .await;
+    let answer = e.last_answer.clone();
+    assert!(
+        answer.contains("last=lean-burst-0099-z") && answer.ends_with("ordered=true"),
+        "{answer}"
+    );
+    println!(
+        "tap test: lean mode: {burst} broadcasts of 896 bytes through the {tls_read}-byte TLS read \
+         buffer: none lost, in order"
+    );
+
+    let rounds = RTT_ROUNDS / 2;
+    let rtt = produce_round_trips(&mut h, &mut e, "to-lean", "lean-to-host", rounds).await;
+    println!("tap test: lean mode: produce round trip, {rounds} objects of 8 bytes: {rtt}");
+    // Never reconnected: every record fitted.
+    e.expect("status", "status Connected connects=1 skipped=1")
+        .await;
+    e.expect("stop", "stopped").await;
+    e.event("runner-ended Stopped", 10).await;
+    e.finish().await;
+}
+
+/// Produced objects echoed by the embassy endpoint: the host produces to `to_robot`, the robot
+/// produces the same bytes to `to_host`, the host receives them; one at a time. Returns a
+/// summary of the round-trip times. Leaves one credit of `to_robot` outstanding.
+async fn produce_round_trips(
+    h: &mut Peer,
+    e: &mut Embassy,
+    to_robot: &str,
+    to_host: &str,
+    rounds: usize,
+) -> String {
+    e.expect(&format!("notify {to_robot} 1"), "ok").await;
+    h.notify(to_host, rounds as i32).await;
+    e.send(&format!("echo {rounds} {to_robot} {to_host}")).await;
+    let mut rtts = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        let payload = format!("rtt-{i:04}");
+        let t0 = Instant::now();
+        h.publish(PublishKind::Produce, to_robot, payload.as_bytes())
+            .await;
+        assert_eq!(h.recv(5).await, got(to_host, true, &payload));
+        rtts.push(t0.elapsed());
+    }
+    e.answer("ok").await;
+    rtts.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "median {:.2} ms, p90 {:.2} ms, min {:.2} ms, max {:.2} ms",
+        ms(rtts[rounds / 2]),
+        ms(rtts[rounds * 9 / 10]),
+        ms(rtts[0]),
+        ms(rtts[rounds - 1])
+    )
 }
 
 fn path(p: &Path) -> &str {
