@@ -1,0 +1,249 @@
+//! `all`: the target matrix of issue 4 in one run, then one table with each figure next to its
+//! target.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::common::{CommonArgs, Creds, Outcome, Result, Setup, Table, parse_duration, thousands};
+use crate::{conns, lat, queue, raw, thr};
+
+/// `all` options.
+#[derive(Debug, Clone, Args)]
+pub struct AllArgs {
+    /// How long each throughput run sends (raw, thr, queue).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Timed round trips of `lat`.
+    #[arg(long, default_value_t = 10_000)]
+    pub rounds: u64,
+    /// Warm-up round trips of `lat`.
+    #[arg(long, default_value_t = 1_000)]
+    pub warmup: u64,
+    /// Idle endpoints of `conns` (0: skip it).
+    #[arg(long, default_value_t = 10_000)]
+    pub conns: usize,
+    /// A short run (1 s per throughput run, 1,000 round trips, 500 idle endpoints).
+    #[arg(long)]
+    pub quick: bool,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// A figure from an outcome's JSON.
+fn num(o: &Outcome, key: &str) -> f64 {
+    o.json.get(key).and_then(|v| v.as_f64()).unwrap_or(f64::NAN)
+}
+
+/// Runs the matrix; returns every outcome (already printed).
+pub async fn run(args: &AllArgs) -> Result<Vec<Outcome>> {
+    let common = &args.common;
+    let (duration, rounds, warmup, n_conns) = if args.quick {
+        (Duration::from_secs(1), 1_000, 200, args.conns.min(500))
+    } else {
+        (args.duration, args.rounds, args.warmup, args.conns)
+    };
+    let creds = Creds::new(common)?;
+    let mut outcomes: Vec<(&'static str, Outcome)> = Vec::new();
+    let show = |name: &'static str, o: Outcome, outcomes: &mut Vec<(&'static str, Outcome)>| {
+        o.print(common.json);
+        outcomes.push((name, o));
+    };
+
+    // The ceiling, with the same credentials (256 KiB writes: the best of 16 KiB to 1 MiB here).
+    let raw_creds = Creds::without_relay(common)?;
+    let o = raw::run(&raw_creds, 256 * 1024, duration).await?;
+    show("raw", o, &mut outcomes);
+
+    let thr_args = |size: u64, members: usize| thr::ThrArgs {
+        size,
+        members,
+        count: None,
+        duration: Some(duration),
+        inflight: 32 * 1024 * 1024,
+        common: common.clone(),
+    };
+    for (name, size, members) in [
+        ("thr100x1", 100, 1),
+        ("thr100x8", 100, 8),
+        ("thr1mx1", 1024 * 1024, 1),
+    ] {
+        let setup = Setup::new(common, &creds).await?;
+        let o = thr::run(&setup, &thr_args(size, members)).await?;
+        setup.finish().await;
+        show(name, o, &mut outcomes);
+    }
+
+    let setup = Setup::new(common, &creds).await?;
+    let o = queue::run(
+        &setup,
+        &queue::QueueArgs {
+            producers: 1,
+            consumers: 4,
+            size: 100,
+            window: 256,
+            count: None,
+            duration: Some(duration),
+            max_queued: 50_000,
+            common: common.clone(),
+        },
+    )
+    .await?;
+    setup.finish().await;
+    show("queue", o, &mut outcomes);
+
+    let setup = Setup::new(common, &creds).await?;
+    let o = lat::run(
+        &setup,
+        &lat::LatArgs {
+            size: 100,
+            rounds,
+            warmup,
+            mode: lat::Mode::Broadcast,
+            common: common.clone(),
+        },
+    )
+    .await?;
+    setup.finish().await;
+    show("lat", o, &mut outcomes);
+
+    if n_conns > 0 {
+        let o = conns::run(
+            common,
+            &creds,
+            &conns::ConnsArgs {
+                count: n_conns,
+                parallel: 64,
+                idle: Duration::from_secs(2),
+                relay_bin: None,
+                relay_pid: None,
+                common: common.clone(),
+            },
+        )
+        .await?;
+        show("conns", o, &mut outcomes);
+    }
+
+    summary(&outcomes, n_conns, creds.security_name(), common.json);
+    Ok(outcomes.into_iter().map(|(_, o)| o).collect())
+}
+
+fn summary(outcomes: &[(&str, Outcome)], n_conns: usize, security: &str, json: bool) {
+    let get = |name: &str| outcomes.iter().find(|(n, _)| *n == name).map(|(_, o)| o);
+    let mut table = Table::new(
+        format!(
+            "issue 4 targets ({security}, loopback, relay and endpoints in one process except conns)"
+        ),
+        &["workload", "figure", "target", "status"],
+    );
+    let mut lines = Vec::new();
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let mut add =
+        |workload: String, figure: String, target: String, ok: Option<bool>, value: f64| {
+            let status = match ok {
+                Some(ok) => verdict(ok).to_owned(),
+                None => "reference".to_owned(),
+            };
+            lines.push(serde_json::json!({
+                "bench": "target",
+                "workload": workload,
+                "figure": figure,
+                "value": value,
+                "target": target,
+                "status": status,
+            }));
+            table.row(vec![workload, figure, target, status]);
+        };
+
+    let raw_mb = get("raw").map(|o| num(o, "mb_per_s")).unwrap_or(f64::NAN);
+    add(
+        "raw: one rustls connection, 256 KiB writes".into(),
+        format!("{raw_mb:.0} MB/s"),
+        "(ceiling)".into(),
+        None,
+        raw_mb,
+    );
+    for (name, label) in [
+        ("thr100x1", "100 B broadcast 1 → 1"),
+        ("thr100x8", "100 B broadcast 1 → 8 (aggregate)"),
+    ] {
+        if let Some(o) = get(name) {
+            let r = num(o, "objects_per_s");
+            let lost = num(o, "lost");
+            add(
+                label.into(),
+                format!("{} objects/s, lost {}", thousands(r), thousands(lost)),
+                "≥ 1,000,000 objects/s, nothing lost".into(),
+                Some(r >= 1e6 && lost == 0.0),
+                r,
+            );
+        }
+    }
+    if let Some(o) = get("thr1mx1") {
+        let mb = num(o, "mb_per_s");
+        let lost = num(o, "lost");
+        add(
+            "1 MiB broadcast 1 → 1".into(),
+            format!(
+                "{mb:.0} MB/s = {:.0} % of raw, lost {}",
+                100.0 * mb / raw_mb,
+                thousands(lost)
+            ),
+            format!("≥ 50 % of raw ({:.0} MB/s)", raw_mb / 2.0),
+            Some(mb >= raw_mb / 2.0 && lost == 0.0),
+            mb,
+        );
+    }
+    if let Some(o) = get("queue") {
+        let r = num(o, "objects_per_s");
+        let lost = num(o, "lost");
+        add(
+            "100 B produce/notify 1 → 4, window 256".into(),
+            format!("{} objects/s, lost {}", thousands(r), thousands(lost)),
+            "≥ 500,000 objects/s".into(),
+            Some(r >= 5e5 && lost == 0.0),
+            r,
+        );
+    }
+    if let Some(o) = get("lat") {
+        let p50 = num(o, "p50_us");
+        let p99 = num(o, "p99_us");
+        add(
+            "round trip 100 B, p50".into(),
+            format!("{p50:.0} µs"),
+            "≤ 60 µs".into(),
+            Some(p50 <= 60.0),
+            p50,
+        );
+        add(
+            "round trip 100 B, p99".into(),
+            format!("{p99:.0} µs"),
+            "≤ 250 µs".into(),
+            Some(p99 <= 250.0),
+            p99,
+        );
+    }
+    if let Some(o) = get("conns") {
+        let per = num(o, "relay_bytes_per_conn") / 1024.0;
+        let connected = num(o, "connected");
+        add(
+            format!("{} idle endpoints: relay memory", thousands(n_conns as f64)),
+            format!(
+                "{per:.1} KiB/conn ({} connected, {} connects/s)",
+                thousands(connected),
+                thousands(num(o, "connects_per_s"))
+            ),
+            "≤ 32 KiB/conn".into(),
+            Some(per <= 32.0 && connected == n_conns as f64),
+            per,
+        );
+    }
+    if json {
+        for line in lines {
+            println!("{line}");
+        }
+    } else {
+        table.print();
+        println!();
+    }
+}
