@@ -30,6 +30,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// The longest endpoint-supplied text (a `Close` detail) that goes into a log line.
 const LOGGED_DETAIL: usize = 200;
 
+/// The read buffer of a connection: its size while idle, and the most it grows to when reads
+/// fill it (a TLS read returns at most one record, 16 KiB, of plaintext).
+const READ_MIN: usize = 2 * 1024;
+const READ_MAX: usize = 64 * 1024;
+
 /// How the relay talks to endpoints.
 #[derive(Clone)]
 pub enum Security {
@@ -255,12 +260,24 @@ impl Core {
         if entry.pending.is_empty() {
             let used = self.state.handle_input(now, conn, &bytes);
             if used < bytes.len() {
-                entry.pending.extend_from_slice(&bytes[used..]);
+                let rest = &bytes[used..];
+                // The start of a frame that is not whole yet: room for all of it at once (its
+                // size was checked against the limit by `handle_input`).
+                if let Some(size) = tlsro_proto::frame::announced_len(rest)
+                    && size <= self.state.config().max_frame as usize
+                {
+                    entry.pending.reserve(size);
+                }
+                entry.pending.extend_from_slice(rest);
             }
         } else {
             entry.pending.extend_from_slice(&bytes);
             let used = self.state.handle_input(now, conn, &entry.pending);
             entry.pending.drain(..used);
+            if entry.pending.capacity() > READ_MAX && entry.pending.len() < READ_MAX / 4 {
+                // A large frame went through: do not keep its room.
+                entry.pending.shrink_to_fit();
+            }
         }
     }
 
@@ -493,7 +510,8 @@ async fn accept_loop(
                             .await;
                     drop(guard);
                     match handshake {
-                        Ok(Ok(stream)) => serve(stream, peer, core, input).await,
+                        // A task of its own: this one, sized for the handshake, ends.
+                        Ok(Ok(stream)) => drop(tokio::spawn(serve(stream, peer, core, input))),
                         Ok(Err(e)) => {
                             warn!(%peer, "TLS handshake failed: {}", explain_tls_error(&e))
                         }
@@ -507,7 +525,7 @@ async fn accept_loop(
                         warn!(%peer, "a TLS client connected to this plain-TCP relay; closing (start the endpoint with plain security, or the relay without --plain)");
                         return;
                     }
-                    serve(tcp, peer, core, input).await
+                    drop(tokio::spawn(serve(tcp, peer, core, input)));
                 }
             }
         });
@@ -596,12 +614,25 @@ async fn serve<S>(
         return;
     };
     let reader_task = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
+        // Each read lands in a buffer of its own that goes to the core as it is (no copy).
+        // An idle connection waits with a small one (what it gets are pings and notifies);
+        // reads that fill it double it for the next read, up to READ_MAX, and a small read
+        // shrinks it back.
+        let mut size = READ_MIN;
         loop {
-            match reader.read(&mut buf).await {
+            let mut bytes = Vec::with_capacity(size);
+            match reader.read_buf(&mut bytes).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    let bytes = buf[..n].to_vec();
+                    if n == size {
+                        size = (size * 2).min(READ_MAX);
+                    } else if n <= READ_MIN {
+                        size = READ_MIN;
+                    }
+                    if n < bytes.capacity() / 2 {
+                        // Queued input should not hold room it does not use.
+                        bytes.shrink_to_fit();
+                    }
                     if input.send(Input::Bytes { conn, bytes }).await.is_err() {
                         break;
                     }
@@ -632,8 +663,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     // Small chunks are gathered into one buffer so many frames leave in one TLS record and one
     // syscall; large ones are written as they are.
     const GATHER: usize = 64 * 1024;
-    let mut batch: Vec<u8> = Vec::with_capacity(GATHER);
-    let mut msgs = Vec::with_capacity(256);
+    // Both grow on first use: an idle connection holds neither.
+    let mut batch: Vec<u8> = Vec::new();
+    let mut msgs = Vec::new();
     loop {
         if rx.recv_many(&mut msgs, 256).await == 0 {
             return;

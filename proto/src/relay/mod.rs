@@ -152,6 +152,10 @@ struct InFlight {
 /// than sharing, and many of them leave in one write); larger ones are shared.
 const SMALL_FRAME: usize = 2048;
 
+/// The largest header of a `Deliver` frame: length prefix, kind, group name with its length,
+/// delivery kind and a sequence number or tag.
+const DELIVER_HEAD_MAX: usize = frame::PREFIX_LEN + 1 + crate::MAX_GROUP_NAME + 1 + 1 + 10;
+
 /// An output buffer grows to this size before a new one is started.
 const OUTPUT_BUFFER: usize = 16 * 1024;
 
@@ -240,13 +244,15 @@ impl Conns {
         let Some(max) = self.map.get(&conn).map(|c| c.max_frame as usize) else {
             return;
         };
-        let out = frame.out();
-        let len = match &out {
-            Out::Bytes(b) => b.len(),
-            Out::Shared(s) => s.len(),
-        };
+        let len = frame.len();
         if len <= max {
-            self.queue(conn, out);
+            match frame {
+                Retained::Small(bytes) => self.queue(conn, Out::Bytes(bytes)),
+                Retained::Shared { head, payload } => {
+                    self.queue(conn, Out::Bytes(head));
+                    self.queue(conn, Out::Shared(payload));
+                }
+            }
             return;
         }
         stats.skipped += 1;
@@ -258,19 +264,19 @@ impl Conns {
     }
 }
 
-/// A broadcast frame (the retained one of a group): small ones live in a buffer the group
-/// reuses, large ones are shared.
+/// A broadcast frame (the retained one of a group): a small one whole, in a buffer the group
+/// reuses; a large one as its header and the payload shared by every member.
 #[derive(Debug)]
 enum Retained {
     Small(Vec<u8>),
-    Shared(Arc<[u8]>),
+    Shared { head: Vec<u8>, payload: Arc<[u8]> },
 }
 
 impl Retained {
-    fn out(&self) -> Out<'_> {
+    fn len(&self) -> usize {
         match self {
-            Retained::Small(bytes) => Out::Bytes(bytes),
-            Retained::Shared(shared) => Out::Shared(shared),
+            Retained::Small(bytes) => bytes.len(),
+            Retained::Shared { head, payload } => head.len() + payload.len(),
         }
     }
 }
@@ -697,11 +703,12 @@ impl RelayState {
             return;
         }
         record.last_seq = p.seq;
-        // A produced payload is copied once out of the input buffer and shared from then on.
+        // A produced (or large broadcast) payload is copied once out of the input buffer and
+        // shared from then on.
         let mut shared: Option<Arc<[u8]>> = None;
         for group in p.groups.iter().copied() {
             let result = match p.kind {
-                PublishKind::Broadcast => self.broadcast(group, p.payload),
+                PublishKind::Broadcast => self.broadcast(group, p.payload, &mut shared),
                 PublishKind::Produce => {
                     let payload = shared.get_or_insert_with(|| Arc::from(p.payload)).clone();
                     self.produce(group, payload)
@@ -731,8 +738,15 @@ impl RelayState {
     }
 
     /// Sends a broadcast to every member of `name` and retains it. The frame is encoded once:
-    /// small frames are copied into each member's output buffer, large ones shared.
-    fn broadcast(&mut self, name: &str, payload: &[u8]) -> Result<(), RejectReason> {
+    /// small frames are copied into each member's output buffer; a large one is its header and
+    /// the payload, copied once out of the input (into `shared`, which the publication's other
+    /// groups reuse) and shared by every member.
+    fn broadcast(
+        &mut self,
+        name: &str,
+        payload: &[u8],
+        shared: &mut Option<Arc<[u8]>>,
+    ) -> Result<(), RejectReason> {
         self.admit(name)?;
         self.stats.broadcasts += 1;
         let group = group_entry(&mut self.groups, name);
@@ -744,21 +758,22 @@ impl RelayState {
             payload,
         });
         let len = frame.encoded_len();
+        let mut buf = match group.retained.take() {
+            Some((_, Retained::Small(buf) | Retained::Shared { head: buf, .. })) => buf,
+            None => Vec::new(),
+        };
         let retained = if len <= SMALL_FRAME {
-            let mut buf = match group.retained.take() {
-                Some((_, Retained::Small(buf))) => buf,
-                _ => Vec::new(),
-            };
             buf.resize(len, 0);
             frame.encode(&mut buf).expect("sized by encoded_len");
             Retained::Small(buf)
         } else {
-            let mut buf = core::mem::take(&mut self.scratch);
-            buf.resize(len, 0);
-            frame.encode(&mut buf).expect("sized by encoded_len");
-            let shared = Arc::from(&buf[..]);
-            self.scratch = buf;
-            Retained::Shared(shared)
+            buf.resize(DELIVER_HEAD_MAX, 0);
+            let n = frame
+                .encode_header(payload.len(), &mut buf)
+                .expect("the largest header fits");
+            buf.truncate(n);
+            let payload = shared.get_or_insert_with(|| Arc::from(payload)).clone();
+            Retained::Shared { head: buf, payload }
         };
         for member in &group.members {
             self.conns
@@ -900,7 +915,7 @@ impl RelayState {
         let tag = c.next_tag;
         c.next_tag += 1;
         // The header is small and built on the stack; the payload follows it.
-        let mut head = [0u8; frame::PREFIX_LEN + 1 + crate::MAX_GROUP_NAME + 1 + 10];
+        let mut head = [0u8; DELIVER_HEAD_MAX];
         let n = Frame::Deliver(Deliver {
             group,
             delivery: Delivery::Produced { tag },
