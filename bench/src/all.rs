@@ -30,6 +30,15 @@ pub struct AllArgs {
     pub common: CommonArgs,
 }
 
+/// With a member that stops reading, the others keep at least this share of their throughput.
+const STALLED_KEPT: f64 = 0.8;
+
+/// ... and the relay's peak memory grows by at most this (MiB): twice its outbound limit for
+/// the stalled connection (64 MiB by default). The backlog itself is held to the limit; the
+/// rest is what the allocator keeps of the large payloads freed meanwhile (measured: +60 to
+/// +110 MiB).
+const STALLED_GROWTH_MIB: f64 = 128.0;
+
 /// A figure from an outcome's JSON.
 fn num(o: &Outcome, key: &str) -> f64 {
     o.json.get(key).and_then(|v| v.as_f64()).unwrap_or(f64::NAN)
@@ -61,6 +70,7 @@ pub async fn run(args: &AllArgs) -> Result<Vec<Outcome>> {
         count: None,
         duration: Some(duration),
         inflight: 32 * 1024 * 1024,
+        stalled: 0,
         common: common.clone(),
     };
     for (name, size, members) in [
@@ -70,6 +80,27 @@ pub async fn run(args: &AllArgs) -> Result<Vec<Outcome>> {
     ] {
         let setup = Setup::new(common, &creds).await?;
         let o = thr::run(&setup, &thr_args(size, members)).await?;
+        setup.finish().await;
+        show(name, o, &mut outcomes);
+    }
+
+    // A consumer that stops reading: 64 KiB broadcasts to 3 members, without and then with a
+    // fourth that never reads, each on a fresh relay in its own process (so that its memory
+    // can be read).
+    let own_process = CommonArgs {
+        relay_process: common.relay.is_none(),
+        ..common.clone()
+    };
+    for (name, stalled) in [("thr64kx3", 0), ("thr64kx3stalled", 1)] {
+        let setup = Setup::new(&own_process, &creds).await?;
+        let o = thr::run(
+            &setup,
+            &thr::ThrArgs {
+                stalled,
+                ..thr_args(64 * 1024, 3)
+            },
+        )
+        .await?;
         setup.finish().await;
         show(name, o, &mut outcomes);
     }
@@ -221,6 +252,37 @@ fn summary(outcomes: &[(&str, Outcome)], n_conns: usize, security: &str, json: b
             "≤ 250 µs".into(),
             Some(p99 <= 250.0),
             p99,
+        );
+    }
+    if let (Some(base), Some(o)) = (get("thr64kx3"), get("thr64kx3stalled")) {
+        let kept = num(o, "objects_per_s") / num(base, "objects_per_s");
+        let lost = num(o, "lost");
+        let mib = |o: &Outcome| num(o, "relay_peak_rss_bytes") / 1048576.0;
+        let growth = mib(o) - mib(base);
+        add(
+            "64 KiB broadcast 1 → 3, plus 1 member that stops reading".into(),
+            format!(
+                "the 3 keep {:.0} % of their throughput, lost {}; relay peak {:.0} MiB \
+                 ({:+.0} MiB vs without); stalled member closed {} times",
+                100.0 * kept,
+                thousands(lost),
+                mib(o),
+                growth,
+                thousands(num(o, "stalled_disconnects"))
+            ),
+            format!(
+                "others ≥ {:.0} % of throughput, nothing lost; relay growth ≤ {} MiB",
+                100.0 * STALLED_KEPT,
+                STALLED_GROWTH_MIB
+            ),
+            // Without a relay process of our own (--relay) the memory is unknown: judged on
+            // throughput alone.
+            Some(
+                kept >= STALLED_KEPT
+                    && lost == 0.0
+                    && (growth.is_nan() || growth <= STALLED_GROWTH_MIB),
+            ),
+            kept,
         );
     }
     if let Some(o) = get("conns") {

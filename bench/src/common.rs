@@ -265,7 +265,21 @@ pub struct Connector {
 impl Connector {
     /// Connects an endpoint in `groups`.
     pub async fn endpoint(&self, groups: &[&str]) -> Result<BenchEndpoint> {
-        let ep = Endpoint::<Blob>::builder(self.addr.clone(), self.password.clone())
+        self.endpoint_queueing(groups, None).await
+    }
+
+    /// Connects an endpoint in `groups` whose receive queue holds at most `max_queued` bytes
+    /// (the endpoint's default when `None`): past it the endpoint stops reading.
+    pub async fn endpoint_queueing(
+        &self,
+        groups: &[&str],
+        max_queued: Option<usize>,
+    ) -> Result<BenchEndpoint> {
+        let mut builder = Endpoint::<Blob>::builder(self.addr.clone(), self.password.clone());
+        if let Some(bytes) = max_queued {
+            builder = builder.max_queued_bytes(bytes);
+        }
+        let ep = builder
             .codec(RawBytes)
             .security(self.security.clone())
             .groups(groups.iter().copied())
@@ -333,6 +347,11 @@ impl<'a> Setup<'a> {
     /// Connects an endpoint in `groups`.
     pub async fn endpoint(&self, groups: &[&str]) -> Result<BenchEndpoint> {
         self.connector.endpoint(groups).await
+    }
+
+    /// The process id of the relay when it runs in a process of its own (`--relay-process`).
+    pub fn relay_pid(&self) -> Option<u32> {
+        self.process.as_ref().map(crate::conns::RelayProcess::pid)
     }
 
     /// The in-process relay's counters.

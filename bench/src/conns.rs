@@ -170,6 +170,47 @@ pub fn rss_of(pid: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Follows a process's VmRSS while a benchmark runs: the peak and the last reading.
+pub struct RssSampler {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+    pid: String,
+}
+
+impl RssSampler {
+    /// How often the memory is read.
+    const EVERY: Duration = Duration::from_millis(20);
+
+    /// Starts reading the memory of process `pid` every 20 ms.
+    pub fn start(pid: u32) -> RssSampler {
+        use std::sync::atomic::Ordering;
+        let pid = pid.to_string();
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (p, id) = (peak.clone(), pid.clone());
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Self::EVERY);
+            loop {
+                tick.tick().await;
+                if let Some(rss) = rss_of(&id) {
+                    p.fetch_max(rss, Ordering::Relaxed);
+                }
+            }
+        });
+        RssSampler { peak, task, pid }
+    }
+
+    /// Stops; returns (peak, now) in bytes.
+    pub fn finish(self) -> (u64, u64) {
+        self.task.abort();
+        let now = rss_of(&self.pid).unwrap_or(0);
+        let peak = self
+            .peak
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(now);
+        (peak, now)
+    }
+}
+
 /// Runs `conns`.
 pub async fn run(common: &CommonArgs, creds: &Creds, args: &ConnsArgs) -> Result<Outcome> {
     let count = args.count;

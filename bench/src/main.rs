@@ -2,7 +2,7 @@
 //! in the spirit of `nats bench` and Zenoh's `z_pub_thr` / `z_ping`.
 //!
 //! ```text
-//! tlsro-bench thr   [--size 100|64KiB|1MiB] [--members K] [--count N | --duration D] [--inflight BYTES]
+//! tlsro-bench thr   [--size 100|64KiB|1MiB] [--members K] [--count N | --duration D] [--inflight BYTES] [--stalled N]
 //! tlsro-bench queue [--producers P] [--consumers C] [--size 100] [--window 256] [--count N | --duration D]
 //! tlsro-bench lat   [--size 100] [--rounds R] [--warmup W] [--mode broadcast|produce]
 //! tlsro-bench conns [--count N] [--parallel P] [--idle D] [--relay-bin [PATH]] [--relay-pid PID]

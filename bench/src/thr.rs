@@ -6,6 +6,13 @@
 //! by default the sender also keeps at most `--inflight` bytes between itself and the slowest
 //! receiver: the figure is the rate the relay sustains without losing anything. `--inflight 0`
 //! sends open loop (and reports what that loses).
+//!
+//! With `--stalled N`, N more members join the group and never read: the "consumer that stops
+//! reading" of issue 4. They stop taking bytes once their receive queue (1 MiB) is full, the
+//! relay disconnects them as slow consumers when their backlog passes its outbound limit, they
+//! reconnect by themselves and stall again. The sender's window follows the healthy members
+//! only; their figures show whether they kept their throughput, and with `--relay-process` the
+//! relay's peak memory (VmRSS, read every 20 ms) shows whether it stayed bounded.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,6 +23,11 @@ use clap::Args;
 use tlsro::{Error, PublishError, Receipt, Wait};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::conns::RssSampler;
+
+/// The receive queue of a stalled member: once that much is waiting it stops reading.
+const STALLED_QUEUE: usize = 1024 * 1024;
 
 use crate::common::{
     BenchEndpoint, Blob, CommonArgs, EventWatch, Outcome, Result, Setup, Table, mb_per_s,
@@ -52,6 +64,9 @@ pub struct ThrArgs {
     /// Payload bytes the sender may have ahead of the slowest receiver (0: open loop).
     #[arg(long, default_value = "32MiB", value_parser = parse_size)]
     pub inflight: u64,
+    /// More members that join the group and never read (consumers that stop reading).
+    #[arg(long, default_value_t = 0)]
+    pub stalled: usize,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -103,12 +118,24 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
     for _ in 0..members {
         receivers.push(setup.endpoint(&[group.as_str()]).await?);
     }
+    let mut stalled = Vec::with_capacity(args.stalled);
+    for _ in 0..args.stalled {
+        stalled.push(
+            setup
+                .connector
+                .endpoint_queueing(&[group.as_str()], Some(STALLED_QUEUE))
+                .await?,
+        );
+    }
     let sender = setup.endpoint(&[]).await?;
     let watches: Vec<EventWatch> = receivers
         .iter()
         .chain(std::iter::once(&sender))
         .map(EventWatch::new)
         .collect();
+    // Disconnects of stalled members are expected: counted apart.
+    let stalled_watches: Vec<EventWatch> = stalled.iter().map(EventWatch::new).collect();
+    let sampler = setup.relay_pid().map(RssSampler::start);
 
     let progress = Arc::new(Progress {
         received: (0..members).map(|_| AtomicU64::new(0)).collect(),
@@ -135,10 +162,14 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
     progress.advanced.notify_one();
 
     let (reports, stats, events) = wind_up(setup, tasks, watches).await?;
+    let relay_rss = sampler.map(RssSampler::finish);
+    let stalled_disconnects = resume(&stalled, &stalled_watches).await;
+    drop(stalled_watches);
     let _ = sender.stop().await;
     for ep in &receivers {
         let _ = ep.stop().await;
     }
+    drop(stalled);
 
     // Figures at the receivers, from the first send to the last object received.
     let last = reports
@@ -190,7 +221,10 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
     if skipped > 0 {
         problems.push(format!("{skipped} broadcasts skipped (too large)"));
     }
+    // (With stalled members, slow-consumer closes are theirs; a healthy member's disconnect is
+    // counted above.)
     if let Some(s) = &stats
+        && args.stalled == 0
         && s.slow_consumers > 0
     {
         problems.push(format!(
@@ -212,8 +246,12 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
     let security = setup.creds.security_name();
     let mut table = Table::new(
         format!(
-            "thr: 1 broadcaster → {members} member{} ({security}, {})",
+            "thr: 1 broadcaster → {members} member{}{} ({security}, {})",
             if members == 1 { "" } else { "s" },
+            match args.stalled {
+                0 => String::new(),
+                n => format!(" + {n} that stop reading"),
+            },
             size_name(args.size)
         ),
         &[
@@ -227,6 +265,8 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
             "MB/s (all receivers)",
             "objects/s (slowest)",
             "sent/s",
+            "stalled closed",
+            "relay peak RSS MiB",
         ],
     );
     table.row(vec![
@@ -240,6 +280,14 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
         format!("{agg_mb:.1}"),
         thousands(slowest),
         thousands(rate(sent, send_secs)),
+        if args.stalled == 0 {
+            "-".to_owned()
+        } else {
+            thousands(stalled_disconnects as f64)
+        },
+        relay_rss.map_or("-".to_owned(), |(peak, _)| {
+            format!("{:.1}", peak as f64 / 1048576.0)
+        }),
     ]);
     let json = serde_json::json!({
         "bench": "thr",
@@ -261,6 +309,10 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
         "mb_per_s": agg_mb,
         "slowest_receiver_objects_per_s": slowest,
         "sent_per_s": rate(sent, send_secs),
+        "stalled": args.stalled,
+        "stalled_disconnects": stalled_disconnects,
+        "relay_peak_rss_bytes": relay_rss.map(|r| r.0),
+        "relay_end_rss_bytes": relay_rss.map(|r| r.1),
     });
     Ok(Outcome {
         json,
@@ -350,6 +402,21 @@ async fn send(
         refused += check(receipt.wait().await).map_err(|e| (i, refused, e))?;
     }
     Ok((i, refused))
+}
+
+/// The stalled members read again: an endpoint that does not read cannot see that the relay
+/// closed its connection, so it learns only now. Returns how many were disconnected (each at
+/// most once is seen: the reconnect that follows is not waited for).
+async fn resume(stalled: &[BenchEndpoint], watches: &[EventWatch]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for (ep, watch) in stalled.iter().zip(watches) {
+        while watch.counts().0 == 0 && Instant::now() < deadline {
+            let _ = ep
+                .receive_all(Wait::Timeout(Duration::from_millis(50)))
+                .await;
+        }
+    }
+    watches.iter().map(|w| w.counts().0).sum()
 }
 
 /// 0 when confirmed, 1 when refused; an error when the endpoint gave up.

@@ -62,6 +62,31 @@ fn thr_plain_and_tls() {
     assert!(r["mb_per_s"].as_f64().unwrap() > 0.0, "{r}");
 }
 
+/// A member that never reads: the others get everything, and the relay (in a process of its
+/// own) has its memory read. (Whether the stalled one is closed as a slow consumer depends on
+/// volume: the integration tests check that rule.)
+#[test]
+fn thr_with_a_stalled_member() {
+    let r = one(
+        &[
+            "thr",
+            "--count",
+            "100",
+            "--members",
+            "2",
+            "--stalled",
+            "1",
+            "--size",
+            "64KiB",
+            "--relay-process",
+        ],
+        "thr",
+    );
+    assert_eq!(r["received"].as_u64(), Some(200), "{r}");
+    assert_eq!(r["stalled"].as_u64(), Some(1), "{r}");
+    assert!(r["relay_peak_rss_bytes"].as_u64().unwrap() > 0, "{r}");
+}
+
 #[test]
 fn queue_splits_and_loses_nothing() {
     let r = one(
