@@ -4,8 +4,8 @@
 //! Everything happens inside a network namespace this test creates (and deletes), with the TAP
 //! device and the private /24 10.77.0.0/24 inside it: nothing touches the host's interfaces.
 //! The outer test makes the namespace and re-runs this test binary inside it (`ip netns exec`),
-//! where [`inner_scenario`] starts the relay, a host-side peer (a minimal tokio + rustls driver
-//! of the proto session) and the embassy endpoint as a child process (`tap-endpoint`: embassy's
+//! where [`inner_scenario`] starts the relay, a host-side peer (the std endpoint of `tlsro`)
+//! and the embassy endpoint as a child process (`tap-endpoint`: embassy's
 //! statics allow one embassy device per process).
 //!
 //! Without the rights to make a namespace and a TAP device the test skips with a loud message,
@@ -17,14 +17,10 @@ use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tlsro_proto::auth::AuthKey;
-use tlsro_proto::endpoint::{EndpointConfig, EndpointSession, Event, Input};
-use tlsro_proto::frame::{Delivery, PublishKind};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::TcpStream;
+use tlsro_proto::frame::PublishKind;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 const INNER_ENV: &str = "TLSRO_TAP_INNER";
@@ -218,6 +214,19 @@ async fn scenario() {
     let mut e = Embassy::spawn(&["--password", PASSWORD, "--ca", path(&other_ca)]).await;
     e.event("runner-ended CertificateRejected", 30).await;
     println!("tap test: wrong CA -> CertificateRejected");
+    e.finish().await;
+    // The right CA, but a name the relay's certificate does not carry.
+    let mut e = Embassy::spawn(&[
+        "--password",
+        PASSWORD,
+        "--ca",
+        path(&ca),
+        "--server-name",
+        "not-the-relay.tlsro.test",
+    ])
+    .await;
+    e.event("runner-ended CertificateRejected", 30).await;
+    println!("tap test: wrong server name -> CertificateRejected");
     e.finish().await;
 
     // The host peer leaves a retained broadcast before the embassy endpoint joins.
@@ -691,150 +700,50 @@ impl Embassy {
     }
 }
 
-/// The host-side peer: a minimal driver of the proto endpoint session over tokio + rustls,
-/// enough to publish, grant credit and receive.
+/// The host-side peer: the std endpoint of `tlsro`, carrying raw bytes.
 struct Peer {
-    io: tokio_rustls::client::TlsStream<TcpStream>,
-    session: EndpointSession,
-    rx: Vec<u8>,
-    out: Vec<u8>,
-    start: Instant,
-    inbox: VecDeque<Got>,
+    ep: tlsro::Endpoint<Vec<u8>, tlsro::RawBytes>,
 }
 
 impl Peer {
     async fn connect(addr: SocketAddr, ca: &Path, groups: &[&str]) -> Peer {
-        let tcp = TcpStream::connect(addr).await.expect("peer: connect");
-        tcp.set_nodelay(true).expect("nodelay");
-        let config: Arc<rustls::ClientConfig> = tlsro::tls::client_config(ca).expect("client TLS");
-        let name = tlsro::tls::server_name(SERVER_NAME).expect("server name");
-        let io = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
+        let ep = tlsro::Endpoint::<Vec<u8>>::builder(addr.to_string(), PASSWORD)
+            .codec(tlsro::RawBytes)
+            .security(tlsro::Security::Tls {
+                ca: tlsro::CaSource::File(ca.to_owned()),
+                server_name: Some(SERVER_NAME.to_owned()),
+            })
+            .groups(groups.iter().copied())
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
             .await
-            .expect("peer: TLS");
-        let mut random = [0u8; 48];
-        getrandom::fill(&mut random).expect("random");
-        let mut session_id = [0u8; 16];
-        session_id.copy_from_slice(&random[..16]);
-        let mut nonce = [0u8; 32];
-        nonce.copy_from_slice(&random[16..]);
-        let mut config =
-            EndpointConfig::new(AuthKey::derive(PASSWORD.as_bytes()), session_id, groups)
-                .expect("peer config");
-        // The peer is read only when the test looks: keep the relay from calling it idle.
-        config.keepalive = Duration::from_secs(120);
-        let mut peer = Peer {
-            io,
-            session: EndpointSession::new(config),
-            rx: Vec::new(),
-            out: vec![0u8; 64 * 1024],
-            start: Instant::now(),
-            inbox: VecDeque::new(),
-        };
-        let now = peer.now();
-        peer.session
-            .start_connection(now, nonce)
-            .expect("start connection");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !peer.session.is_open() {
-            assert!(Instant::now() < deadline, "peer: no Welcome in time");
-            peer.flush().await;
-            peer.read_some(deadline).await;
-        }
-        peer
+            .expect("peer: connect");
+        Peer { ep }
     }
 
-    fn now(&self) -> tlsro_proto::Instant {
-        tlsro_proto::Instant::from_millis(self.start.elapsed().as_millis() as u64)
-    }
-
-    async fn flush(&mut self) {
-        loop {
-            let n = self
-                .session
-                .poll_transmit(&mut self.out)
-                .expect("poll_transmit");
-            if n == 0 {
-                break;
-            }
-            self.io
-                .write_all(&self.out[..n])
-                .await
-                .expect("peer: write");
-        }
-        self.io.flush().await.expect("peer: flush");
-    }
-
-    /// Reads once (until `deadline`) and handles every whole frame.
-    async fn read_some(&mut self, deadline: Instant) -> bool {
-        let mut buf = [0u8; 16 * 1024];
-        let n = match tokio::time::timeout_at(deadline.into(), self.io.read(&mut buf)).await {
-            Ok(Ok(0)) => panic!("peer: the relay closed the connection"),
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => panic!("peer: read: {e}"),
-            Err(_) => return false,
-        };
-        self.rx.extend_from_slice(&buf[..n]);
-        loop {
-            let now = self.now();
-            let (consumed, delivered) = match self.session.handle_input(now, &self.rx) {
-                Ok(Input::NeedMore) => break,
-                Ok(Input::Frame { consumed, event }) => {
-                    let delivered = match event {
-                        Some(Event::Delivered {
-                            group,
-                            delivery,
-                            payload,
-                        }) => Some((group.to_owned(), delivery, payload.to_vec())),
-                        _ => None,
-                    };
-                    (consumed, delivered)
-                }
-                Err(e) => panic!("peer: {e}"),
-            };
-            self.rx.drain(..consumed);
-            if let Some((group, delivery, payload)) = delivered {
-                let produced = match delivery {
-                    Delivery::Produced { tag } => {
-                        self.session.handed_over(&group, tag).expect("ack");
-                        true
-                    }
-                    Delivery::Broadcast { .. } => false,
-                };
-                self.inbox.push_back((group, produced, payload));
-            }
-        }
-        // Acks and pongs.
-        self.flush().await;
-        true
-    }
-
+    /// Publishes and waits for the relay's confirmation.
     async fn publish(&mut self, kind: PublishKind, group: &str, payload: &[u8]) {
-        let (_, n) = self
-            .session
-            .publish(kind, &[group], payload, &mut self.out)
-            .expect("publish");
-        self.io
-            .write_all(&self.out[..n])
-            .await
-            .expect("peer: write");
-        self.flush().await;
+        let value = payload.to_vec();
+        let receipt = match kind {
+            PublishKind::Broadcast => self.ep.broadcast(&value, group),
+            PublishKind::Produce => self.ep.produce(&value, group),
+        }
+        .expect("peer: publish");
+        receipt.wait().await.expect("peer: confirmed by the relay");
     }
 
     async fn notify(&mut self, group: &str, n: i32) {
-        self.session.notify(group, n).expect("notify");
-        self.flush().await;
+        self.ep.notify(group, n).expect("peer: notify");
     }
 
     async fn recv(&mut self, secs: u64) -> Option<Got> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(got) = self.inbox.pop_front() {
-                return Some(got);
-            }
-            if !self.read_some(deadline).await {
-                return None;
-            }
-        }
+        let mut items = self
+            .ep
+            .pop(1, tlsro::Wait::Timeout(Duration::from_secs(secs)))
+            .await
+            .expect("peer: pop");
+        let item = items.pop()?;
+        let produced = item.kind == tlsro::ReceivedKind::Produced;
+        Some((item.group, produced, item.value))
     }
 }
