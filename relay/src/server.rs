@@ -323,7 +323,7 @@ impl Core {
                 };
                 let now = self.now();
                 let id = self.state.accept(now, nonce);
-                debug!(conn = %id, %peer, "connection accepted");
+                info!(conn = %id, %peer, "connection accepted");
                 self.conns.insert(
                     id,
                     ConnEntry {

@@ -526,7 +526,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<Generated, CredentialsError> {
         overwrite,
     )?;
 
-    tracing::info!(dir = %opts.dir.display(), "generated tlsro credentials");
+    tracing::debug!(dir = %opts.dir.display(), "generated tlsro credentials");
     Ok(Generated {
         credentials: paths,
         ca_fingerprint: fingerprint_der(ca_cert.der()),

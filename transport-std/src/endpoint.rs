@@ -455,16 +455,12 @@ impl<T: DeserializeOwned, C: Codec> Endpoint<T, C> {
     /// Takes up to `max_items` objects from the local receive queue, oldest first. Waiting
     /// means until at least one object is there.
     pub async fn pop(&self, max_items: usize, wait: Wait) -> Result<Vec<Received<T>>, Error> {
-        if max_items == 0 {
-            self.inner.shared.lock().terminal().map_or(Ok(()), Err)?;
-            return Ok(Vec::new());
-        }
         self.receive(Take::Oldest(max_items), wait).await
     }
 
     /// Takes the newest `max_items` objects (oldest first) and discards the older ones; the
     /// discarded produced objects count as handed over. Waiting means until at least one object
-    /// is there.
+    /// is there. Asking for none (`max_items == 0`) takes and discards nothing, at once.
     pub async fn get_last(&self, max_items: usize, wait: Wait) -> Result<Vec<Received<T>>, Error> {
         self.receive(Take::Newest(max_items), wait).await
     }
@@ -477,6 +473,10 @@ impl<T: DeserializeOwned, C: Codec> Endpoint<T, C> {
 
     async fn receive(&self, take: Take, wait: Wait) -> Result<Vec<Received<T>>, Error> {
         let shared = &self.inner.shared;
+        if take.is_nothing() {
+            // Nothing would ever satisfy a wait: answer at once, touching nothing.
+            return shared.lock().terminal().map_or(Ok(Vec::new()), Err);
+        }
         let deadline = match wait {
             Wait::Timeout(d) => Some(Instant::now() + d),
             Wait::No | Wait::Forever => None,

@@ -196,7 +196,13 @@ impl Driver {
         loop {
             let plan = self.plan();
             if !self.wbuf.is_empty() {
-                let written = write_all(&mut io, &self.wbuf, self.config.write_stall).await;
+                // A stop waits no longer than its deadline, even for a relay that stopped
+                // reading (the stop may come while the write is stuck): what is not written by
+                // then is reported unconfirmed.
+                let written = tokio::select! {
+                    written = write_all(&mut io, &self.wbuf, self.config.write_stall) => written,
+                    _ = stop_deadline_passed(&shared) => return Ok(()),
+                };
                 self.wbuf.clear();
                 if let Err(e) = written {
                     return Err(Failure::retry(e.into()));
@@ -550,6 +556,21 @@ async fn stop_wanted(shared: &Shared) -> Result<(), Error> {
         tokio::select! {
             _ = notified => {}
             _ = sleep_until_opt(deadline) => {}
+        }
+    }
+}
+
+/// Resolves once a stop was requested and its deadline has passed; pending before.
+async fn stop_deadline_passed(shared: &Shared) {
+    loop {
+        let notified = shared.wake_driver.notified();
+        tokio::pin!(notified);
+        // Registered before looking, so a stop request in between is not missed.
+        notified.as_mut().enable();
+        let deadline = shared.lock().stop.as_ref().map(|stop| stop.deadline);
+        match deadline {
+            Some(deadline) => return sleep_until(deadline).await,
+            None => notified.await,
         }
     }
 }

@@ -113,6 +113,9 @@ impl State {
     /// (objects `Newest` discards count as handed over too). Returns the objects to give to
     /// the application, oldest first.
     pub(crate) fn take(&mut self, how: Take) -> Vec<Item> {
+        if how.is_nothing() {
+            return Vec::new();
+        }
         let len = self.inbox.items.len();
         let (discard, keep) = match how {
             Take::Oldest(n) => (0, n.min(len)),
@@ -155,6 +158,14 @@ pub(crate) enum Take {
     Oldest(usize),
     Newest(usize),
     All,
+}
+
+impl Take {
+    /// Asks for no object at all (`pop(0)`, `get_last(0)`): takes, discards and acknowledges
+    /// nothing.
+    pub(crate) fn is_nothing(self) -> bool {
+        matches!(self, Take::Oldest(0) | Take::Newest(0))
+    }
 }
 
 pub(crate) struct StopRequest {

@@ -530,6 +530,22 @@ async fn receive_calls_with_every_wait_mode() {
             .await;
     }
     eventually("five queued", || endpoint.queued_bytes() == 5).await;
+    // Asking for none takes, discards and waits for nothing, whatever the wait.
+    for wait in [
+        Wait::No,
+        Wait::Forever,
+        Wait::Timeout(Duration::from_secs(5)),
+    ] {
+        assert!(
+            bounded("pop(0)", endpoint.pop(0, wait))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let none = bounded("get_last(0)", endpoint.get_last(0, wait)).await;
+        assert!(none.unwrap().is_empty());
+    }
+    assert_eq!(endpoint.queued_bytes(), 5);
     assert_eq!(values(&endpoint.pop(2, Wait::No).await.unwrap()), [2, 3]);
     assert_eq!(values(&endpoint.get_last(1, Wait::No).await.unwrap()), [6]);
     assert!(endpoint.receive_all(Wait::No).await.unwrap().is_empty());
@@ -997,6 +1013,36 @@ async fn stop_is_bounded_when_the_relay_does_not_confirm() {
         Err(PublishError::Unconfirmed(Error::Stopped))
     ));
     assert!(matches!(endpoint.status(), Status::Stopped));
+}
+
+/// A relay that stops reading leaves the endpoint's write stuck (socket buffers full): `stop`
+/// still ends at its deadline, not after the much longer write-stall timeout.
+#[tokio::test]
+async fn stop_is_bounded_when_the_relay_stops_reading() {
+    let relay = FakeRelay::new().await;
+    let builder = relay
+        .builder::<Vec<u8>>()
+        .stop_timeout(Duration::from_millis(300))
+        .max_buffered_bytes(64 << 20);
+    let (endpoint, conn) = relay.connect_with(builder, Welcomed::default()).await;
+    // Far more than loopback socket buffers hold; `conn` never reads.
+    let big = vec![7u8; 1 << 20];
+    let receipts: Vec<Receipt> = (0..32)
+        .map(|_| endpoint.broadcast(&big, "g").unwrap())
+        .collect();
+    sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let result = bounded("stop", endpoint.stop()).await;
+    assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    for receipt in receipts {
+        assert!(receipt.wait().await.is_err());
+    }
+    drop(conn);
 }
 
 #[tokio::test]
