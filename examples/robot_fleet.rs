@@ -4,7 +4,9 @@
 //! each answer every new model with trajectory batches (about 100 KB of observations each) that
 //! they produce to the group "trainer"; the trainer consumes them with a credit window
 //! (`notify`), as a learner pulls experience from a replay queue. At the end it prints
-//! objects/s and MB/s for both directions.
+//! objects/s and MB/s for both directions, each over its own phase of every round: the weights
+//! from the broadcast to the last worker's receipt (counted at the workers), the batches from
+//! the first one the trainer takes to the last. The objects are made before the clock starts.
 //!
 //! Run: `cargo run --release -p tlsro-examples --example robot_fleet`
 
@@ -14,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tlsro::{Endpoint, Wait};
 use tlsro_examples::LocalCredentials;
 use tlsro_relay::Relay;
+use tokio::sync::mpsc;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -68,26 +71,39 @@ async fn main() -> Result<()> {
     };
 
     let trainer = connect("trainer").await?;
+    let (receipts_tx, mut receipts) = mpsc::unbounded_channel();
     let mut workers = Vec::new();
     for w in 0..WORKERS {
         let endpoint = connect("workers").await?;
-        workers.push(tokio::spawn(worker(w as u32, endpoint)));
+        workers.push(tokio::spawn(worker(
+            w as u32,
+            endpoint,
+            receipts_tx.clone(),
+        )));
     }
+    drop(receipts_tx);
+    // Every model made up front: the figures are the transport's, not the generator's.
+    let models: Vec<Message> = (1..=ROUNDS)
+        .map(|version| Message::Weights {
+            version,
+            values: (0..WEIGHTS)
+                .map(|i| (i as f32 * 1e-6 * version as f32).sin())
+                .collect(),
+        })
+        .collect();
 
     let started = Instant::now();
-    let mut weights_sent = 0usize;
+    let mut sent_at = Vec::new();
     let mut batches = 0usize;
     let mut batch_bytes = 0usize;
+    let mut batch_time = Duration::ZERO;
     trainer.notify("trainer", CREDIT_WINDOW)?;
-    for version in 1..=ROUNDS {
-        let weights = Message::Weights {
-            version,
-            values: (0..WEIGHTS).map(|i| (i as f32 * 1e-6).sin()).collect(),
-        };
-        weights_sent += weights.size();
-        trainer.broadcast(&weights, "workers")?;
+    for (round, weights) in models.iter().enumerate() {
+        sent_at.push(Instant::now());
+        trainer.broadcast(weights, "workers")?;
         // Learn from this round's experience before publishing the next model.
-        let want = (version as usize) * WORKERS * BATCHES_PER_ROUND;
+        let want = (round + 1) * WORKERS * BATCHES_PER_ROUND;
+        let mut first = None;
         while batches < want {
             let got = trainer
                 .pop(64, Wait::Timeout(Duration::from_secs(30)))
@@ -95,50 +111,93 @@ async fn main() -> Result<()> {
             if got.is_empty() {
                 return Err("no trajectories for 30 s".into());
             }
+            let first = *first.get_or_insert_with(Instant::now);
             // Keep the credit window full: one new credit per object taken.
             trainer.notify("trainer", got.len() as i32)?;
             for item in got {
                 batch_bytes += item.value.size();
                 batches += 1;
             }
+            if batches >= want {
+                batch_time += first.elapsed();
+            }
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let weights_delivered = weights_sent * WORKERS;
-
-    println!("robot_fleet over TLS: 1 trainer, {WORKERS} workers, {ROUNDS} model versions");
-    println!(
-        "  weights  (trainer → workers, broadcast): {} objects of {:.1} MB delivered, {:.1} objects/s, {:.1} MB/s",
-        ROUNDS as usize * WORKERS,
-        (WEIGHTS * 4) as f64 / 1e6,
-        (ROUNDS as usize * WORKERS) as f64 / elapsed,
-        weights_delivered as f64 / 1e6 / elapsed
-    );
-    println!(
-        "  batches  (workers → trainer, produce/notify): {batches} objects of {:.1} KB, {:.1} objects/s, {:.1} MB/s",
-        (OBSERVATIONS * 4 + 64 * 4) as f64 / 1e3,
-        batches as f64 / elapsed,
-        batch_bytes as f64 / 1e6 / elapsed
-    );
-    println!(
-        "  total {:.1} MB through the relay in {elapsed:.2} s",
-        (weights_delivered + batch_bytes) as f64 / 1e6
-    );
-
     for w in workers {
         w.abort();
     }
+
+    // The weights phase of each round: from its broadcast to the last worker's receipt.
+    let mut last_receipt = vec![None::<Instant>; ROUNDS as usize];
+    let (mut weights_delivered, mut weights_bytes) = (0usize, 0usize);
+    while let Ok(r) = receipts.try_recv() {
+        let slot = &mut last_receipt[r.version as usize - 1];
+        *slot = Some(slot.map_or(r.at, |t: Instant| t.max(r.at)));
+        weights_delivered += 1;
+        weights_bytes += r.bytes;
+    }
+    let weights_time: Duration = last_receipt
+        .iter()
+        .zip(&sent_at)
+        .filter_map(|(last, sent)| last.map(|t| t - *sent))
+        .sum();
+    let (wt, bt) = (weights_time.as_secs_f64(), batch_time.as_secs_f64());
+
+    println!("robot_fleet over TLS: 1 trainer, {WORKERS} workers, {ROUNDS} model versions");
+    println!(
+        "  weights  (trainer → workers, broadcast): {weights_delivered} of {} objects of {:.1} MB \
+         received by the workers, {:.1} objects/s, {:.1} MB/s at the workers ({:.0} ms a round)",
+        ROUNDS as usize * WORKERS,
+        (WEIGHTS * 4) as f64 / 1e6,
+        weights_delivered as f64 / wt,
+        weights_bytes as f64 / 1e6 / wt,
+        wt * 1000.0 / f64::from(ROUNDS)
+    );
+    println!(
+        "  batches  (workers → trainer, produce/notify): {batches} objects of {:.1} KB, \
+         {:.1} objects/s, {:.1} MB/s at the trainer ({:.0} ms a round)",
+        (OBSERVATIONS * 4 + 64 * 4) as f64 / 1e3,
+        batches as f64 / bt,
+        batch_bytes as f64 / 1e6 / bt,
+        bt * 1000.0 / f64::from(ROUNDS)
+    );
+    println!(
+        "  total {:.1} MB through the relay in {elapsed:.2} s",
+        (weights_bytes + batch_bytes) as f64 / 1e6
+    );
+    if weights_delivered != ROUNDS as usize * WORKERS {
+        return Err(format!(
+            "the workers received {weights_delivered} models, not {}",
+            ROUNDS as usize * WORKERS
+        )
+        .into());
+    }
+
     trainer.stop().await?;
     relay.stop().await;
     Ok(())
 }
 
-/// Waits for each new model and answers it with trajectory batches.
-async fn worker(id: u32, endpoint: Endpoint<Message>) -> Result<()> {
+/// A worker's word that it has a model: which, when, and how many bytes of weights.
+struct Receipt {
+    version: u32,
+    at: Instant,
+    bytes: usize,
+}
+
+/// Waits for each new model, says so, and answers it with trajectory batches.
+async fn worker(
+    id: u32,
+    endpoint: Endpoint<Message>,
+    receipts: mpsc::UnboundedSender<Receipt>,
+) -> Result<()> {
     let mut seen = 0;
     loop {
         // Only the newest model matters: older ones still waiting are skipped.
         for item in endpoint.get_last(1, Wait::Forever).await? {
+            let at = Instant::now();
+            let bytes = item.value.size();
             let Message::Weights { version, values } = item.value else {
                 continue;
             };
@@ -146,6 +205,7 @@ async fn worker(id: u32, endpoint: Endpoint<Message>) -> Result<()> {
                 continue;
             }
             seen = version;
+            let _ = receipts.send(Receipt { version, at, bytes });
             let bias = values[id as usize];
             for step in 0..BATCHES_PER_ROUND {
                 let batch = Message::Trajectories {
