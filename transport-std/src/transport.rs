@@ -13,10 +13,45 @@ use tokio_rustls::TlsConnector;
 
 use crate::error::Error;
 
-/// A byte stream to the relay, TLS or plain.
+/// A tokio byte stream, TLS or plain.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for S {}
+
+/// The connection to the relay as the driver sees it: `embedded_io_async::{Read, Write}`, the
+/// transport traits the embassy endpoint drives its session through too (there over
+/// embedded-tls on an embassy-net socket, here over tokio-rustls or a plain `TcpStream`).
+///
+/// Cancel safety: `read` and `write` are tokio's `poll_read` / `poll_write` behind a future;
+/// dropping one that has not completed loses nothing (no byte was taken or written), so the
+/// driver may race a read against its timers in `select!`.
+pub(crate) struct Stream(Box<dyn Io>);
+
+impl Stream {
+    pub(crate) fn new(io: Box<dyn Io>) -> Self {
+        Stream(io)
+    }
+}
+
+impl embedded_io_async::ErrorType for Stream {
+    type Error = io::Error;
+}
+
+impl embedded_io_async::Read for Stream {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        tokio::io::AsyncReadExt::read(&mut self.0, buf).await
+    }
+}
+
+impl embedded_io_async::Write for Stream {
+    async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        tokio::io::AsyncWriteExt::write(&mut self.0, buf).await
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        tokio::io::AsyncWriteExt::flush(&mut self.0).await
+    }
+}
 
 /// What a plain endpoint reports when TLS bytes arrive where a frame was expected.
 pub(crate) const RELAY_SPEAKS_TLS: &str = "this endpoint uses plain TCP but the relay answered \
@@ -75,11 +110,7 @@ impl Failure {
 }
 
 /// Dials `addr` and secures the connection, all before `deadline`.
-pub(crate) async fn open(
-    addr: &str,
-    link: &Link,
-    deadline: Instant,
-) -> Result<Box<dyn Io>, Failure> {
+pub(crate) async fn open(addr: &str, link: &Link, deadline: Instant) -> Result<Stream, Failure> {
     let tcp = match timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(Failure::retry(e.into())),
@@ -93,11 +124,11 @@ pub(crate) async fn open(
     tcp.set_nodelay(true)
         .map_err(|e| Failure::retry(e.into()))?;
     match link {
-        Link::Plain => Ok(Box::new(tcp)),
+        Link::Plain => Ok(Stream::new(Box::new(tcp))),
         Link::Tls { config, name } => {
             let connector = TlsConnector::from(config.clone());
             match timeout_at(deadline, connector.connect(name.clone(), tcp)).await {
-                Ok(Ok(tls)) => Ok(Box::new(tls)),
+                Ok(Ok(tls)) => Ok(Stream::new(Box::new(tls))),
                 Ok(Err(e)) => Err(tls_failure(e)),
                 Err(_) => Err(Failure::retry(Error::TlsHandshake(
                     "the TLS handshake timed out".to_owned(),

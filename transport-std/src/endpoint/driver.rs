@@ -2,26 +2,29 @@
 //! session, arms the session's timer, and reconnects with backoff. Every protocol decision is
 //! the session's; this task only moves bytes, timers and buffers.
 //!
+//! The connection is an `embedded_io_async::{Read, Write}` transport ([`transport::Stream`]),
+//! the traits the embassy endpoint drives the same session through.
+//!
 //! One loop per connection: (1) under the lock, gather all pending output — unsent publish
 //! frames, then the session's control frames — into one buffer; (2) write it with one
-//! `write_all` outside any `select!` (it is not cancel safe), bounded by a no-progress timeout;
-//! (3) `select!` over a socket read (cancel safe), a wake-up from the API, the session's timer
-//! and the stop deadline.
+//! `write_all`, bounded by a no-progress timeout and raced only against a passed stop deadline
+//! (it is not cancel safe, so a cancelled write ends the connection); (3) `select!` over a
+//! socket read (cancel safe), a wake-up from the API, the session's timer and the stop deadline.
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use embedded_io_async::{Read, Write};
 use tlsro_proto::Instant as ProtoInstant;
 use tlsro_proto::endpoint::{Error as SessionError, Event as SessionEvent, Input, Phase};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::state::{Item, Shared, State};
 use super::{Backoff, Event, Status};
 use crate::error::Error;
-use crate::transport::{self, Failure, Heal, Io, Link};
+use crate::transport::{self, Failure, Heal, Link};
 
 /// Read granularity, and the size the read buffer shrinks back to after a large frame.
 const READ_CHUNK: usize = 64 * 1024;
@@ -188,7 +191,7 @@ impl Driver {
 
     async fn drive(
         &mut self,
-        mut io: Box<dyn Io>,
+        mut io: impl Read<Error = io::Error> + Write<Error = io::Error>,
         handshake_deadline: Option<Instant>,
     ) -> Result<(), Failure> {
         let shared = self.shared.clone();
@@ -520,7 +523,11 @@ fn session_failure(error: Option<&SessionError>) -> Failure {
 }
 
 /// Writes all of `buf`, failing when the relay accepts nothing for `stall`.
-async fn write_all(io: &mut Box<dyn Io>, mut buf: &[u8], stall: Duration) -> io::Result<()> {
+async fn write_all(
+    io: &mut impl Write<Error = io::Error>,
+    mut buf: &[u8],
+    stall: Duration,
+) -> io::Result<()> {
     let stalled = || {
         io::Error::new(
             io::ErrorKind::TimedOut,
