@@ -124,9 +124,7 @@ impl<M: RawMutex, R: RngCore + CryptoRng> Runner<'_, M, R> {
                 backoff = self.backoff_min;
             }
             self.state.with(|i| i.set_status(Status::Retrying(error)));
-            // Equal jitter: half the backoff, plus a random share of the other half.
-            let ms = backoff.as_millis().max(2);
-            let wait = ms / 2 + u64::from(self.rng.next_u32()) % (ms / 2 + 1);
+            let wait = jittered_ms(backoff, self.rng.next_u32());
             warn!(
                 "tlsro: connection to {} failed: {}; retrying in {} ms",
                 self.relay, error, wait
@@ -143,8 +141,7 @@ impl<M: RawMutex, R: RngCore + CryptoRng> Runner<'_, M, R> {
                 })
             });
             select(Timer::after_millis(wait), stop).await;
-            backoff =
-                Duration::from_millis((backoff.as_millis() * 2).min(self.backoff_max.as_millis()));
+            backoff = doubled(backoff, self.backoff_max);
         }
     }
 
@@ -582,5 +579,49 @@ impl From<TlsError> for Error {
             }
             _ => Error::Tls,
         }
+    }
+}
+
+/// The wait before a reconnect, in ms, with equal jitter: half of `backoff`, plus the share
+/// `random` picks of the other half (so between `backoff / 2` and `backoff`, never 0).
+fn jittered_ms(backoff: Duration, random: u32) -> u64 {
+    let ms = backoff.as_millis().max(2);
+    ms / 2 + u64::from(random) % (ms / 2 + 1)
+}
+
+/// The next backoff: twice this one, at most `max`.
+fn doubled(backoff: Duration, max: Duration) -> Duration {
+    Duration::from_millis((backoff.as_millis() * 2).min(max.as_millis()))
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let max = Duration::from_secs(30);
+        let mut b = Duration::from_millis(250);
+        let mut seen = [0u64; 10];
+        for s in &mut seen {
+            *s = b.as_millis();
+            b = doubled(b, max);
+        }
+        assert_eq!(
+            seen,
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+    }
+
+    #[test]
+    fn jitter_stays_within_half_to_whole_and_varies() {
+        let b = Duration::from_millis(1000);
+        let waits = [0, 1, 250, 499, 500, 501, u32::MAX].map(|r| jittered_ms(b, r));
+        assert!(waits.iter().all(|w| (500..=1000).contains(w)), "{waits:?}");
+        assert_eq!(jittered_ms(b, 0), 500);
+        assert_eq!(jittered_ms(b, 500), 1000);
+        assert!(waits.windows(2).any(|w| w[0] != w[1]));
+        // A zero backoff still waits a little, never spinning.
+        assert!(jittered_ms(Duration::from_millis(0), 7) >= 1);
     }
 }
