@@ -6,8 +6,9 @@
 //!                    [--duration SECS] [--rounds R] [--warmup W] [--json]
 //! ```
 //!
-//! The NATS side is measured the way `tlsro-bench` measures tlsro, so the two columns mean the
-//! same thing:
+//! The NATS side is measured the way `tlsro-bench` measures tlsro, and tlsro's relay runs in a
+//! process of its own as nats-server does (`--relay-process`), so the two columns mean the same
+//! thing:
 //! - `thr`: one publisher connection → one subscriber connection, objects of 100 B or 1 MiB that
 //!   carry their sequence number; objects/s and MB/s at the subscriber, from the first publish
 //!   to the last object received. The publisher keeps at most 32 MiB (and at most 32,768
@@ -251,9 +252,10 @@ async fn nats_lat(args: &Args, size: usize) -> Result<Figures> {
 
 /// Runs `tlsro-bench ARGS --json` and reads the figures of its one result.
 fn tlsro(args: &Args, bench_args: &[&str]) -> Result<Figures> {
+    // The relay in a process of its own, as nats-server is.
     let out = Command::new(&args.tlsro_bench)
         .args(bench_args)
-        .arg("--json")
+        .args(["--relay-process", "--json"])
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
