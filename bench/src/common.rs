@@ -397,8 +397,17 @@ pub struct EventWatch {
 }
 
 impl EventWatch {
-    /// Starts watching `ep`'s events.
+    /// Starts watching `ep`'s events; a disconnect is also a warning on stderr.
     pub fn new(ep: &BenchEndpoint) -> EventWatch {
+        EventWatch::start(ep, true)
+    }
+
+    /// Starts watching an endpoint whose disconnects are expected (counted, not warned about).
+    pub fn expecting_disconnects(ep: &BenchEndpoint) -> EventWatch {
+        EventWatch::start(ep, false)
+    }
+
+    fn start(ep: &BenchEndpoint, warn: bool) -> EventWatch {
         let mut events = ep.events();
         let disconnects = std::sync::Arc::new(AtomicU64::new(0));
         let rejected = std::sync::Arc::new(AtomicU64::new(0));
@@ -408,7 +417,9 @@ impl EventWatch {
             loop {
                 match events.recv().await {
                     Ok(tlsro::Event::Disconnected { reason }) => {
-                        eprintln!("warning: an endpoint was disconnected: {reason}");
+                        if warn {
+                            eprintln!("warning: an endpoint was disconnected: {reason}");
+                        }
                         d.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(tlsro::Event::Rejected { .. }) => {

@@ -134,7 +134,10 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
         .map(EventWatch::new)
         .collect();
     // Disconnects of stalled members are expected: counted apart.
-    let stalled_watches: Vec<EventWatch> = stalled.iter().map(EventWatch::new).collect();
+    let stalled_watches: Vec<EventWatch> = stalled
+        .iter()
+        .map(EventWatch::expecting_disconnects)
+        .collect();
     let sampler = setup.relay_pid().map(RssSampler::start);
 
     let progress = Arc::new(Progress {
