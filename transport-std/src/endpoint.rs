@@ -379,6 +379,8 @@ impl<T, C: Codec> Endpoint<T, C> {
             }
         }
         shared.wake_driver.notify_one();
+        // A driver stuck in a write waits for the stop deadline on this one.
+        shared.stop_requested.notify_waiters();
         // The driver always ends by the deadline; the guard marks it finished on any exit.
         let _ = finished.wait_for(|done| *done).await;
         let st = shared.lock();

@@ -203,6 +203,9 @@ impl Driver {
                 // reading (the stop may come while the write is stuck): what is not written by
                 // then is reported unconfirmed.
                 let written = tokio::select! {
+                    // The write first: one the socket takes at once (the Close of a stop whose
+                    // deadline has just passed, say) always goes out.
+                    biased;
                     written = write_all(&mut io, &self.wbuf, self.config.write_stall) => written,
                     _ = stop_deadline_passed(&shared) => return Ok(()),
                 };
@@ -567,10 +570,12 @@ async fn stop_wanted(shared: &Shared) -> Result<(), Error> {
     }
 }
 
-/// Resolves once a stop was requested and its deadline has passed; pending before.
+/// Resolves once a stop was requested and its deadline has passed; pending before. It waits on
+/// `stop_requested`, never on `wake_driver`: a wake-up taken here during a write would be lost
+/// to the `select!` after it (a `notify` sent only at the next keepalive, say).
 async fn stop_deadline_passed(shared: &Shared) {
     loop {
-        let notified = shared.wake_driver.notified();
+        let notified = shared.stop_requested.notified();
         tokio::pin!(notified);
         // Registered before looking, so a stop request in between is not missed.
         notified.as_mut().enable();

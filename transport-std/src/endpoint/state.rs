@@ -31,6 +31,9 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Wakes the driver: something to send, room in the receive queue, a stop request.
     pub(crate) wake_driver: Notify,
+    /// Wakes a driver whose write is stuck: a stop was requested (see `stop_deadline_passed`;
+    /// it must not wait on `wake_driver`, whose wake-ups the driver's next `select!` needs).
+    pub(crate) stop_requested: Notify,
     /// Wakes receivers: objects arrived, or the endpoint ended.
     pub(crate) rx_ready: Notify,
     pub(crate) events: broadcast::Sender<Event>,
@@ -57,6 +60,7 @@ impl Shared {
                 stop_result: None,
             }),
             wake_driver: Notify::new(),
+            stop_requested: Notify::new(),
             rx_ready: Notify::new(),
             events,
             first_events: Mutex::new(Some(first_events)),

@@ -1045,6 +1045,66 @@ async fn stop_is_bounded_when_the_relay_stops_reading() {
     drop(conn);
 }
 
+/// Credit granted while the driver is stuck in a write (the relay is not reading) goes out as
+/// soon as the write finishes, not at the next unrelated event: the wake-up must not be lost
+/// to the write's wait for a stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_made_during_a_pending_write_is_sent_after_it() {
+    let relay = FakeRelay::new().await;
+    let builder = relay
+        .builder::<Vec<u8>>()
+        .groups(["work"])
+        .keepalive(Duration::from_secs(60))
+        .max_buffered_bytes(64 << 20);
+    let (endpoint, mut conn) = relay.connect_with(builder, Welcomed::default()).await;
+    let _receipt = endpoint.broadcast(&vec![7u8; 8 << 20], "g").unwrap();
+    // The write is stuck now: `conn` does not read yet.
+    sleep(Duration::from_millis(200)).await;
+    endpoint.notify("work", 1).unwrap();
+    sleep(Duration::from_millis(50)).await;
+    let mut notify = None;
+    while let Ok(Some(raw)) = timeout(Duration::from_secs(2), conn.next()).await {
+        if let Frame::Notify(n) = decode(&raw) {
+            notify = Some(n.credit);
+            break;
+        }
+    }
+    assert_eq!(
+        notify,
+        Some(1),
+        "no Notify within 2 s of the write finishing"
+    );
+}
+
+/// A stop whose deadline passes with its `Close` just written into the buffer still sends the
+/// `Close` (the relay then sees a stop, not a lost connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_close_of_a_stop_that_reached_its_deadline_is_sent() {
+    for round in 0..20 {
+        let relay = FakeRelay::new().await;
+        let builder = relay
+            .builder::<u32>()
+            .stop_timeout(Duration::from_millis(100));
+        let (endpoint, mut conn) = relay.connect_with(builder, Welcomed::default()).await;
+        // Never confirmed: the stop runs to its deadline.
+        let _receipt = endpoint.broadcast(&1, "g").unwrap();
+        conn.recv().await;
+        let stopper = {
+            let endpoint = endpoint.clone();
+            tokio::spawn(async move { endpoint.stop().await })
+        };
+        let mut closed = false;
+        while let Ok(Some(raw)) = timeout(Duration::from_secs(3), conn.next()).await {
+            if decode(&raw).kind() == frame::Kind::Close {
+                closed = true;
+                break;
+            }
+        }
+        let _ = bounded("stop", stopper).await;
+        assert!(closed, "stop {round}: no Close frame");
+    }
+}
+
 #[tokio::test]
 async fn stop_while_disconnected() {
     // Unconfirmed publishes: stop keeps trying until its deadline.
