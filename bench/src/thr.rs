@@ -8,11 +8,14 @@
 //! sends open loop (and reports what that loses).
 //!
 //! With `--stalled N`, N more members join the group and never read: the "consumer that stops
-//! reading" of issue 4. They stop taking bytes once their receive queue (1 MiB) is full, the
-//! relay disconnects them as slow consumers when their backlog passes its outbound limit, they
-//! reconnect by themselves and stall again. The sender's window follows the healthy members
-//! only; their figures show whether they kept their throughput, and with `--relay-process` the
-//! relay's peak memory (VmRSS, read every 20 ms) shows whether it stayed bounded.
+//! reading" of issue 4. They stop taking bytes once their receive queue (1 MiB) is full, and the
+//! relay closes them as slow consumers when their backlog passes its outbound limit. A member
+//! that does not read never sees that close, so it would stay gone: to keep stalled members
+//! there for the whole run, N fresh ones join every [`STALL_EVERY`] while the sender runs. The
+//! sender's window follows the healthy members only; their figures show whether they kept their
+//! throughput, and with `--relay-process` the relay's peak memory (VmRSS, read every 20 ms)
+//! shows whether it stayed bounded. At the end the stalled members read again and count the
+//! closes.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,6 +31,27 @@ use crate::conns::RssSampler;
 
 /// The receive queue of a stalled member: once that much is waiting it stops reading.
 const STALLED_QUEUE: usize = 1024 * 1024;
+
+/// How often fresh stalled members join while the sender runs: longer than the relay's grace
+/// period for a closing connection (2 s, in which a slow consumer's output is still held so
+/// that its `Close` can get through), so one stall at a time is measured, not a pile of them.
+const STALL_EVERY: Duration = Duration::from_millis(2500);
+
+/// Stalled members with their event watches (disconnects expected, so counted, not warned).
+type Stalled = Vec<(BenchEndpoint, EventWatch)>;
+
+/// Connects `n` members of `group` that never read.
+async fn stall(connector: &crate::common::Connector, group: &str, n: usize) -> Result<Stalled> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ep = connector
+            .endpoint_queueing(&[group], Some(STALLED_QUEUE))
+            .await?;
+        let watch = EventWatch::expecting_disconnects(&ep);
+        out.push((ep, watch));
+    }
+    Ok(out)
+}
 
 use crate::common::{
     BenchEndpoint, Blob, CommonArgs, EventWatch, Outcome, Result, Setup, Table, mb_per_s,
@@ -118,25 +142,12 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
     for _ in 0..members {
         receivers.push(setup.endpoint(&[group.as_str()]).await?);
     }
-    let mut stalled = Vec::with_capacity(args.stalled);
-    for _ in 0..args.stalled {
-        stalled.push(
-            setup
-                .connector
-                .endpoint_queueing(&[group.as_str()], Some(STALLED_QUEUE))
-                .await?,
-        );
-    }
+    let mut stalled = stall(&setup.connector, &group, args.stalled).await?;
     let sender = setup.endpoint(&[]).await?;
     let watches: Vec<EventWatch> = receivers
         .iter()
         .chain(std::iter::once(&sender))
         .map(EventWatch::new)
-        .collect();
-    // Disconnects of stalled members are expected: counted apart.
-    let stalled_watches: Vec<EventWatch> = stalled
-        .iter()
-        .map(EventWatch::expecting_disconnects)
         .collect();
     let sampler = setup.relay_pid().map(RssSampler::start);
 
@@ -151,11 +162,37 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
         tasks.push(tokio::spawn(receive(ep.clone(), index, progress.clone())));
     }
 
+    // Fresh stalled members keep joining while the sender runs.
+    let (stop_stalling, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stalling = (args.stalled > 0).then(|| {
+        let (connector, group, n) = (setup.connector.clone(), group.clone(), args.stalled);
+        tokio::spawn(async move {
+            let mut more = Stalled::new();
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => return more,
+                    _ = tokio::time::sleep(STALL_EVERY) => {}
+                }
+                match stall(&connector, &group, n).await {
+                    Ok(s) => more.extend(s),
+                    Err(e) => {
+                        eprintln!("warning: a stalled member could not join: {e}");
+                        return more;
+                    }
+                }
+            }
+        })
+    });
+
     let start = Instant::now();
     let sent = send(
         &sender, &group, size, args.count, duration, window, &progress,
     )
     .await;
+    let _ = stop_stalling.send(());
+    if let Some(task) = stalling {
+        stalled.extend(task.await?);
+    }
     let send_secs = start.elapsed().as_secs_f64();
     let (sent, refused, send_error) = match sent {
         Ok((sent, refused)) => (sent, refused, None),
@@ -166,12 +203,12 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
 
     let (reports, stats, events) = wind_up(setup, tasks, watches).await?;
     let relay_rss = sampler.map(RssSampler::finish);
-    let stalled_disconnects = resume(&stalled, &stalled_watches).await;
-    drop(stalled_watches);
+    let stalled_disconnects = resume(&stalled).await;
     let _ = sender.stop().await;
     for ep in &receivers {
         let _ = ep.stop().await;
     }
+    let stalled_members = stalled.len();
     drop(stalled);
 
     // Figures at the receivers, from the first send to the last object received.
@@ -313,6 +350,7 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
         "slowest_receiver_objects_per_s": slowest,
         "sent_per_s": rate(sent, send_secs),
         "stalled": args.stalled,
+        "stalled_members": stalled_members,
         "stalled_disconnects": stalled_disconnects,
         "relay_peak_rss_bytes": relay_rss.map(|r| r.0),
         "relay_end_rss_bytes": relay_rss.map(|r| r.1),
@@ -410,16 +448,16 @@ async fn send(
 /// The stalled members read again: an endpoint that does not read cannot see that the relay
 /// closed its connection, so it learns only now. Returns how many were disconnected (each at
 /// most once is seen: the reconnect that follows is not waited for).
-async fn resume(stalled: &[BenchEndpoint], watches: &[EventWatch]) -> u64 {
+async fn resume(stalled: &Stalled) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(3);
-    for (ep, watch) in stalled.iter().zip(watches) {
+    for (ep, watch) in stalled {
         while watch.counts().0 == 0 && Instant::now() < deadline {
             let _ = ep
                 .receive_all(Wait::Timeout(Duration::from_millis(50)))
                 .await;
         }
     }
-    watches.iter().map(|w| w.counts().0).sum()
+    stalled.iter().map(|(_, w)| w.counts().0).sum()
 }
 
 /// 0 when confirmed, 1 when refused; an error when the endpoint gave up.
