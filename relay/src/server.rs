@@ -35,6 +35,10 @@ const LOGGED_DETAIL: usize = 200;
 const READ_MIN: usize = 2 * 1024;
 const READ_MAX: usize = 64 * 1024;
 
+/// The most room made at once for a frame whose start has arrived: a peer's length prefix alone
+/// does not get it more.
+const RESERVE_MAX: usize = 1024 * 1024;
+
 /// How the relay talks to endpoints.
 #[derive(Clone)]
 pub enum Security {
@@ -261,12 +265,13 @@ impl Core {
             let used = self.state.handle_input(now, conn, &bytes);
             if used < bytes.len() {
                 let rest = &bytes[used..];
-                // The start of a frame that is not whole yet: room for all of it at once (its
-                // size was checked against the limit by `handle_input`).
+                // The start of a frame that is not whole yet: room for it (its size was checked
+                // against the limit by `handle_input`), but never more than `RESERVE_MAX` on
+                // the peer's word alone; past that the buffer grows as the bytes come.
                 if let Some(size) = tlsro_proto::frame::announced_len(rest)
                     && size <= self.state.config().max_frame as usize
                 {
-                    entry.pending.reserve(size);
+                    entry.pending.reserve(size.min(RESERVE_MAX));
                 }
                 entry.pending.extend_from_slice(rest);
             }
@@ -274,7 +279,10 @@ impl Core {
             entry.pending.extend_from_slice(&bytes);
             let used = self.state.handle_input(now, conn, &entry.pending);
             entry.pending.drain(..used);
-            if entry.pending.capacity() > READ_MAX && entry.pending.len() < READ_MAX / 4 {
+            if entry.pending.is_empty() {
+                // Nothing partial left: an idle connection keeps no buffer.
+                entry.pending = Vec::new();
+            } else if entry.pending.capacity() > READ_MAX && entry.pending.len() < READ_MAX / 4 {
                 // A large frame went through: do not keep its room.
                 entry.pending.shrink_to_fit();
             }
@@ -663,7 +671,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     // Small chunks are gathered into one buffer so many frames leave in one TLS record and one
     // syscall; large ones are written as they are.
     const GATHER: usize = 64 * 1024;
-    // Both grow on first use: an idle connection holds neither.
+    // Both grow on first use and are given back when the connection goes idle: an idle
+    // connection holds neither.
     let mut batch: Vec<u8> = Vec::new();
     let mut msgs = Vec::new();
     loop {
@@ -707,6 +716,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             return;
         }
         let _ = core.send(CoreMsg::Written(conn, written));
+        if rx.is_empty() {
+            // Nothing more waiting: a connection gone idle does not keep the gathering room.
+            if batch.capacity() > GATHER / 4 {
+                batch = Vec::new();
+            }
+            msgs = Vec::new();
+        }
         if close {
             let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
             return;
