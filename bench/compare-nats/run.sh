@@ -14,6 +14,12 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-}"
+# A relative target directory means relative to the caller's directory; cargo runs elsewhere:
+# make it absolute.
+if [[ -n "$target" && "$target" != /* ]]; then
+    target="$PWD/$target"
+    export CARGO_TARGET_DIR="$target"
+fi
 
 if ! command -v nats-server >/dev/null; then
     echo "... installing nats-server (apt-get)" >&2
@@ -30,7 +36,12 @@ client="${target:-$here/target}/release/tlsro-compare-nats"
 work="$(mktemp -d "${TMPDIR:-/tmp}/tlsro-compare-nats.XXXXXX")"
 server=""
 cleanup() {
-    [[ -n "$server" ]] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+    # nats-server exits with status 1 on SIGTERM: nothing here may stop the cleanup.
+    set +e
+    if [[ -n "$server" ]]; then
+        kill "$server" 2>/dev/null
+        wait "$server" 2>/dev/null
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -57,4 +68,6 @@ url=${url:-"tls://$(grep -o '127.0.0.1:[0-9]*' "$ports" | head -n 1)"}
 
 echo "... machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "... $(nats-server --version) at $url" >&2
-"$client" --nats "$url" --token "$token" --ca "$work/creds/ca.pem" --tlsro-bench "$bin/tlsro-bench" "$@"
+version=$(nats-server --version | grep -o 'v[0-9.]*' | head -n 1)
+"$client" --nats "$url" --nats-version "${version:-?}" --token "$token" --ca "$work/creds/ca.pem" \
+    --tlsro-bench "$bin/tlsro-bench" "$@"

@@ -239,8 +239,9 @@ def tlspyo_lat(keys_dir, password, size, rounds, warmup, mode):
 
 
 def tlsro(bench, args):
-    """Runs tlsro-bench with --json; returns its (last) JSON line."""
-    cmd = [bench] + args + ["--json"]
+    """Runs tlsro-bench with --json, its relay in a process of its own as tlspyo's relay is;
+    returns its (last) JSON line."""
+    cmd = [bench] + args + ["--relay-process", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode not in (0, 3):
         sys.stderr.write(proc.stderr)

@@ -13,6 +13,11 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 python="${PYTHON:-python3}"
 
+# A relative target directory means relative to the caller's directory; cargo runs elsewhere:
+# make it absolute.
+if [[ -n "${CARGO_TARGET_DIR:-}" && "$CARGO_TARGET_DIR" != /* ]]; then
+    export CARGO_TARGET_DIR="$PWD/$CARGO_TARGET_DIR"
+fi
 echo "... building tlsro-bench (release)" >&2
 (cd "$root" && cargo build --release --quiet -p tlsro-bench)
 bench="${CARGO_TARGET_DIR:-$root/target}/release/tlsro-bench"

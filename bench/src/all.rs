@@ -23,7 +23,8 @@ pub struct AllArgs {
     /// Idle endpoints of `conns` (0: skip it).
     #[arg(long, default_value_t = 10_000)]
     pub conns: usize,
-    /// A short run (1 s per throughput run, 1,000 round trips, 500 idle endpoints).
+    /// A short run: 1 s per throughput run, 1,000 round trips after 200, at most 500 idle
+    /// endpoints (it overrides --duration, --rounds and --warmup).
     #[arg(long)]
     pub quick: bool,
     #[command(flatten)]
@@ -163,7 +164,7 @@ fn summary(outcomes: &[(&str, Outcome)], n_conns: usize, security: &str, json: b
     let get = |name: &str| outcomes.iter().find(|(n, _)| *n == name).map(|(_, o)| o);
     let mut table = Table::new(
         format!(
-            "issue 4 targets ({security}, loopback, relay and endpoints in one process except conns)"
+            "issue 4 targets ({security}, loopback; relay and endpoints in one process, except conns and the stalled-member runs)"
         ),
         &["workload", "figure", "target", "status"],
     );
@@ -263,7 +264,7 @@ fn summary(outcomes: &[(&str, Outcome)], n_conns: usize, security: &str, json: b
             "64 KiB broadcast 1 → 3, plus 1 member that stops reading".into(),
             format!(
                 "the 3 keep {:.0} % of their throughput, lost {}; relay peak {:.0} MiB \
-                 ({:+.0} MiB vs without); stalled member closed {} times",
+                 ({:+.0} MiB vs without); stalled members closed by the relay: {}",
                 100.0 * kept,
                 thousands(lost),
                 mib(o),

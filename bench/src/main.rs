@@ -7,7 +7,7 @@
 //! tlsro-bench lat   [--size 100] [--rounds R] [--warmup W] [--mode broadcast|produce]
 //! tlsro-bench conns [--count N] [--parallel P] [--idle D] [--relay-bin [PATH]] [--relay-pid PID]
 //! tlsro-bench raw   [--size WRITE] [--duration D]
-//! tlsro-bench all   [--duration D] [--rounds R] [--conns N] [--quick]
+//! tlsro-bench all   [--duration D] [--rounds R] [--warmup W] [--conns N] [--quick]
 //! ```
 //!
 //! Every subcommand takes `--plain` (default: TLS 1.3 with throwaway credentials), `--relay ADDR`

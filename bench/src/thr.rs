@@ -290,6 +290,7 @@ pub async fn run(setup: &Setup<'_>, args: &ThrArgs) -> Result<Outcome> {
             if members == 1 { "" } else { "s" },
             match args.stalled {
                 0 => String::new(),
+                1 => " + 1 that stops reading".to_owned(),
                 n => format!(" + {n} that stop reading"),
             },
             size_name(args.size)

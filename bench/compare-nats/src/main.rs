@@ -40,6 +40,7 @@ const STALL: Duration = Duration::from_secs(5);
 
 struct Args {
     nats: String,
+    nats_version: String,
     token: String,
     ca: String,
     tlsro_bench: String,
@@ -52,6 +53,7 @@ struct Args {
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         nats: String::new(),
+        nats_version: "?".to_owned(),
         token: String::new(),
         ca: String::new(),
         tlsro_bench: String::new(),
@@ -65,6 +67,7 @@ fn parse_args() -> Result<Args> {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--nats" => args.nats = value()?,
+            "--nats-version" => args.nats_version = value()?,
             "--token" => args.token = value()?,
             "--ca" => args.ca = value()?,
             "--tlsro-bench" => args.tlsro_bench = value()?,
@@ -123,6 +126,18 @@ fn seq_of(bytes: &[u8]) -> Option<u64> {
         .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
 }
 
+/// What one subscriber saw.
+#[derive(Default)]
+struct Report {
+    count: u64,
+    bytes: u64,
+    last: Option<Instant>,
+    /// The sequence number expected next.
+    next: Option<u64>,
+    duplicates: u64,
+    out_of_order: u64,
+}
+
 /// One publisher → `consumers` subscribers (a queue group when `queue`), for `duration`.
 async fn nats_flow(
     args: &Args,
@@ -132,33 +147,49 @@ async fn nats_flow(
     subject: &str,
 ) -> Result<Figures> {
     let received = Arc::new(AtomicU64::new(0));
+    // The end marker goes to a plain subject every member also subscribes to: in a queue group
+    // only one member would get it on the data subject.
+    let end_subject = format!("{subject}.end");
     let mut subs = Vec::new();
     for _ in 0..consumers {
         let client = connect(args).await?;
-        let mut sub = if queue {
+        let data = if queue {
             client
                 .queue_subscribe(subject.to_owned(), "workers".to_owned())
                 .await?
         } else {
             client.subscribe(subject.to_owned()).await?
         };
+        let end = client.subscribe(end_subject.clone()).await?;
         client.flush().await?;
         let received = received.clone();
         subs.push(tokio::spawn(async move {
             let _keep = client;
-            let (mut count, mut bytes, mut last) = (0u64, 0u64, None);
+            let mut report = Report::default();
+            let mut stream = futures_util::stream::select(data, end);
             loop {
-                match tokio::time::timeout(STALL, sub.next()).await {
+                match tokio::time::timeout(STALL, stream.next()).await {
                     Ok(Some(msg)) => {
-                        if seq_of(&msg.payload) == Some(u64::MAX) {
-                            return (count, bytes, last);
+                        let Some(seq) = seq_of(&msg.payload) else {
+                            continue;
+                        };
+                        if seq == u64::MAX {
+                            return report;
                         }
-                        count += 1;
-                        bytes += msg.payload.len() as u64;
-                        last = Some(Instant::now());
+                        // Numbered objects: order and duplicates are checked as tlsro-bench
+                        // checks them (in a queue group each member sees a rising subsequence).
+                        match report.next {
+                            Some(next) if seq < next => report.duplicates += 1,
+                            Some(next) if seq > next && !queue => report.out_of_order += 1,
+                            _ => {}
+                        }
+                        report.next = Some(report.next.map_or(seq + 1, |n| n.max(seq + 1)));
+                        report.count += 1;
+                        report.bytes += msg.payload.len() as u64;
+                        report.last = Some(Instant::now());
                         received.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(None) | Err(_) => return (count, bytes, last),
+                    Ok(None) | Err(_) => return report,
                 }
             }
         }));
@@ -172,8 +203,8 @@ async fn nats_flow(
         for _ in 0..64 {
             // The window: one subscriber gets each message in a queue group, every one
             // otherwise.
-            let behind =
-                sent * if queue { 1 } else { consumers as u64 } - received.load(Ordering::Relaxed);
+            let behind = (sent * if queue { 1 } else { consumers as u64 })
+                .saturating_sub(received.load(Ordering::Relaxed));
             if behind >= window {
                 publisher.flush().await?;
                 tokio::time::sleep(Duration::from_micros(50)).await;
@@ -186,25 +217,29 @@ async fn nats_flow(
         }
     }
     publisher.flush().await?;
-    // The end marker: every subscriber of a plain subject gets it; a queue group's members
-    // stop when STALL passes without a message.
-    if !queue {
-        publisher
-            .publish(subject.to_owned(), payload(size.max(8), u64::MAX))
-            .await?;
-        publisher.flush().await?;
+    // NATS keeps one publisher's order per subject, not across subjects: wait until the
+    // subscribers have everything (or stalled) before the end marker.
+    let expected = if queue { sent } else { sent * consumers as u64 };
+    let waiting = Instant::now();
+    while received.load(Ordering::Relaxed) < expected && waiting.elapsed() < STALL {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (mut count, mut bytes, mut last) = (0u64, 0u64, start);
+    publisher.publish(end_subject, payload(8, u64::MAX)).await?;
+    publisher.flush().await?;
+    let (mut count, mut bytes, mut last, mut disorder) = (0u64, 0u64, start, 0u64);
     for s in subs {
-        let (c, b, l) = s.await?;
-        count += c;
-        bytes += b;
-        if let Some(l) = l {
+        let r = s.await?;
+        count += r.count;
+        bytes += r.bytes;
+        disorder += r.duplicates + r.out_of_order;
+        if let Some(l) = r.last {
             last = last.max(l);
         }
     }
+    if disorder > 0 {
+        eprintln!("!!! NATS delivered {disorder} objects out of order or twice");
+    }
     let secs = (last - start).as_secs_f64();
-    let expected = if queue { sent } else { sent * consumers as u64 };
     Ok(Figures {
         objects_per_s: count as f64 / secs,
         mb_per_s: bytes as f64 / 1e6 / secs,
@@ -241,10 +276,15 @@ async fn nats_lat(args: &Args, size: usize) -> Result<Figures> {
     }
     answering.abort();
     rtts.sort();
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    // Nearest rank, as tlsro-bench computes its percentiles.
+    let at = |q: f64| {
+        let rank = ((q * rtts.len() as f64).ceil() as usize).clamp(1, rtts.len().max(1));
+        rtts.get(rank - 1)
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
+    };
     Ok(Figures {
-        p50_us: us(rtts[rtts.len() / 2]),
-        p99_us: us(rtts[rtts.len() * 99 / 100]),
+        p50_us: at(0.5),
+        p99_us: at(0.99),
         count: rtts.len() as u64,
         ..Figures::default()
     })
@@ -379,16 +419,20 @@ async fn main() -> Result<()> {
             nats,
             tlsro,
             higher_better: false,
-            lost: (0, 0),
+            lost: (0, t.lost),
             count: (n.count, t.count),
         });
     }
 
-    print_rows(&rows, args.json);
+    print_rows(
+        &rows,
+        &format!("nats-server {}", args.nats_version),
+        args.json,
+    );
     Ok(())
 }
 
-fn print_rows(rows: &[Row], json: bool) {
+fn print_rows(rows: &[Row], nats_name: &str, json: bool) {
     let fmt = |v: f64| {
         if v >= 1000.0 {
             thousands(v)
@@ -399,7 +443,7 @@ fn print_rows(rows: &[Row], json: bool) {
     let header = [
         "workload",
         "unit",
-        "nats-server 2.9",
+        nats_name,
         "tlsro",
         "tlsro advantage",
         "lost (nats / tlsro)",
