@@ -6,7 +6,8 @@
 //! (`notify`), as a learner pulls experience from a replay queue. At the end it prints
 //! objects/s and MB/s for both directions, each over its own phase of every round: the weights
 //! from the broadcast to the last worker's receipt (counted at the workers), the batches from
-//! the first one the trainer takes to the last. The objects are made before the clock starts.
+//! the first worker's receipt of the model they answer to the last batch the trainer takes. The
+//! models are made before the clock starts.
 //!
 //! Run: `cargo run --release -p tlsro-examples --example robot_fleet`
 
@@ -96,14 +97,13 @@ async fn main() -> Result<()> {
     let mut sent_at = Vec::new();
     let mut batches = 0usize;
     let mut batch_bytes = 0usize;
-    let mut batch_time = Duration::ZERO;
+    let mut round_done = Vec::new();
     trainer.notify("trainer", CREDIT_WINDOW)?;
     for (round, weights) in models.iter().enumerate() {
         sent_at.push(Instant::now());
         trainer.broadcast(weights, "workers")?;
         // Learn from this round's experience before publishing the next model.
         let want = (round + 1) * WORKERS * BATCHES_PER_ROUND;
-        let mut first = None;
         while batches < want {
             let got = trainer
                 .pop(64, Wait::Timeout(Duration::from_secs(30)))
@@ -111,36 +111,41 @@ async fn main() -> Result<()> {
             if got.is_empty() {
                 return Err("no trajectories for 30 s".into());
             }
-            let first = *first.get_or_insert_with(Instant::now);
             // Keep the credit window full: one new credit per object taken.
             trainer.notify("trainer", got.len() as i32)?;
             for item in got {
                 batch_bytes += item.value.size();
                 batches += 1;
             }
-            if batches >= want {
-                batch_time += first.elapsed();
-            }
         }
+        round_done.push(Instant::now());
     }
     let elapsed = started.elapsed().as_secs_f64();
     for w in workers {
         w.abort();
     }
 
-    // The weights phase of each round: from its broadcast to the last worker's receipt.
-    let mut last_receipt = vec![None::<Instant>; ROUNDS as usize];
+    // Each round's phases: the weights from the broadcast to the last worker's receipt, the
+    // batches from the first worker's receipt (none can be made before) to the last batch.
+    let mut receipt_span = vec![None::<(Instant, Instant)>; ROUNDS as usize];
     let (mut weights_delivered, mut weights_bytes) = (0usize, 0usize);
     while let Ok(r) = receipts.try_recv() {
-        let slot = &mut last_receipt[r.version as usize - 1];
-        *slot = Some(slot.map_or(r.at, |t: Instant| t.max(r.at)));
+        let span = &mut receipt_span[r.version as usize - 1];
+        *span = Some(span.map_or((r.at, r.at), |(first, last)| {
+            (first.min(r.at), last.max(r.at))
+        }));
         weights_delivered += 1;
         weights_bytes += r.bytes;
     }
-    let weights_time: Duration = last_receipt
+    let weights_time: Duration = receipt_span
         .iter()
         .zip(&sent_at)
-        .filter_map(|(last, sent)| last.map(|t| t - *sent))
+        .filter_map(|(span, sent)| span.map(|(_, last)| last - *sent))
+        .sum();
+    let batch_time: Duration = receipt_span
+        .iter()
+        .zip(&round_done)
+        .filter_map(|(span, done)| span.map(|(first, _)| *done - first))
         .sum();
     let (wt, bt) = (weights_time.as_secs_f64(), batch_time.as_secs_f64());
 

@@ -68,6 +68,6 @@ url=${url:-"tls://$(grep -o '127.0.0.1:[0-9]*' "$ports" | head -n 1)"}
 
 echo "... machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "... $(nats-server --version) at $url" >&2
-version=$(nats-server --version | grep -o 'v[0-9.]*' | head -n 1)
+version=$(nats-server --version | grep -o 'v[0-9][0-9.]*' | head -n 1)
 "$client" --nats "$url" --nats-version "${version:-?}" --token "$token" --ca "$work/creds/ca.pem" \
     --tlsro-bench "$bin/tlsro-bench" "$@"
