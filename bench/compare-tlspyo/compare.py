@@ -350,10 +350,10 @@ def main():
     widths = [max(len(str(r[i])) for r in table + [header]) for i in range(len(header))]
     print()
     print("== tlspyo 0.3.0 vs tlsro, TLS, 127.0.0.1, same machine, same run")
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
     print("  ".join("-" * w for w in widths))
     for r in table:
-        print("  ".join((c.rjust(w) if i in (2, 3, 4) else c.ljust(w)) for i, (c, w) in enumerate(zip(r, widths))))
+        print("  ".join((c.rjust(w) if i in (2, 3, 4) else c.ljust(w)) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
     print()
     print("tlsro advantage: tlsro / tlspyo for rates, tlspyo / tlsro for latencies (higher is better for tlsro).")
 
