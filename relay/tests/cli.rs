@@ -597,3 +597,100 @@ fn run_without_credentials_or_password_fails_clearly() {
     assert!(run.stderr.contains("empty"), "{}", run.stderr);
     assert!(!child_default_dir(home.path()).exists());
 }
+
+/// With no password in the environment, a file or the credentials directory, `run` asks for
+/// one at a terminal. The terminal is a pseudo-terminal made by util-linux's `script`; without
+/// `script` the test says so and checks nothing (`CI=true` makes that a failure).
+#[test]
+fn run_asks_for_the_password_at_a_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "`script` (util-linux) is needed for this test"
+        );
+        eprintln!("SKIPPED: no `script` command for a pseudo-terminal");
+        return;
+    }
+    let home = TempDir::new("run-prompt");
+    let dir = home.path().join("creds");
+    let dir_arg = dir.to_str().unwrap();
+    let generated = finish(command(
+        home.path(),
+        &["credentials", "generate", "--dir", dir_arg],
+    ));
+    assert!(generated.status.success(), "{}", generated.stderr);
+    // No password file: the prompt is the only source left.
+    std::fs::remove_file(dir.join("password")).unwrap();
+
+    // `script` runs the relay on a pseudo-terminal, with the environment `command` sets up.
+    let relay_line = format!("{BIN} run --credentials {dir_arg} --listen 127.0.0.1:0");
+    let template = command(home.path(), &[]);
+    let mut cmd = Command::new("script");
+    cmd.args(["-qefc", &relay_line, "/dev/null"]);
+    for (key, value) in template.get_envs() {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = KillOnDrop(cmd.spawn().expect("spawn script"));
+    let child = &mut child.0;
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _stderr = read_all(child.stderr.take().unwrap());
+    // The terminal's output so far, byte by byte: the prompt ends without a newline.
+    let (tx, output) = mpsc::channel();
+    thread::spawn(move || {
+        let (mut reader, mut text, mut byte) = (BufReader::new(stdout), Vec::new(), [0u8; 1]);
+        while reader.read(&mut byte).is_ok_and(|n| n == 1) {
+            text.push(byte[0]);
+            if tx
+                .send(String::from_utf8_lossy(&text).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let wait_until = |done: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match output.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(text) if done(&text) => return text,
+                Ok(_) => {}
+                Err(_) => panic!("the relay's terminal did not show what was expected"),
+            }
+        }
+    };
+    wait_until(&|t| t.ends_with("relay password: "));
+    use std::io::Write as _;
+    stdin.write_all(b"typed at the prompt\n").unwrap();
+    stdin.flush().unwrap();
+    // A whole `listening on ADDR` line.
+    let listening = |t: &str| {
+        t.split_once(LISTENING_PREFIX)
+            .and_then(|(_, rest)| rest.split_once('\n'))
+            .map(|(addr, _)| addr.trim().to_owned())
+    };
+    let text = wait_until(&|t| listening(t).is_some());
+    assert!(
+        text.contains("password as typed at the prompt"),
+        "the relay did not say where its password came from:\n{text}"
+    );
+    let addr: SocketAddr = listening(&text).unwrap().parse().expect("an address");
+    tls_handshake(addr, &dir);
+}
+
+/// A child process killed when this goes out of scope, also when a test fails (`script`'s
+/// child, the relay, goes with its terminal).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = wait_bounded(&mut self.0, TIMEOUT);
+    }
+}
