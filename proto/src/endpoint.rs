@@ -590,11 +590,19 @@ impl EndpointSession {
         Ok((seq, n + payload.len()))
     }
 
-    /// Handles received bytes: consumes at most one whole frame from the front of `buf`.
+    /// Handles received bytes: consumes at most one whole frame from the front of `buf`. Call it
+    /// when bytes arrived (with what is buffered), and again while it consumes frames: any call
+    /// counts as a sign of life from the relay.
     pub fn handle_input<'b>(&mut self, now: Instant, buf: &'b [u8]) -> Result<Input<'b>, Error> {
         self.check()?;
         if matches!(self.conn.phase, Phase::Idle | Phase::Closed) {
             return Err(Error::NotConnected);
+        }
+        // Bytes of a frame still arriving are a sign of life: a large delivery on a slow link
+        // must not make the relay look dead (it cannot answer a `Ping` in the middle of a
+        // frame).
+        if !buf.is_empty() && matches!(self.conn.phase, Phase::Open | Phase::Closing) {
+            self.conn.last_rx = now;
         }
         let len = match frame::frame_len(buf, self.config.max_frame) {
             Ok(None) => return Ok(Input::NeedMore),

@@ -475,15 +475,6 @@ pub fn frame_len(buf: &[u8], max_frame: u32) -> Result<Option<usize>, FrameError
     Ok((buf.len() >= size).then_some(size))
 }
 
-/// The size of the frame that starts `buf`, as its length prefix announces it (not checked
-/// against any limit: [`frame_len`] does that), once the prefix is there. A driver uses it to
-/// make room for a large frame at once instead of growing its buffer as the bytes come.
-pub fn announced_len(buf: &[u8]) -> Option<usize> {
-    let prefix = buf.get(..4)?;
-    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-    usize::try_from(4 + u64::from(len)).ok()
-}
-
 /// What to report when a stream ends with `pending` bytes of an unfinished frame buffered.
 pub fn truncated(pending: &[u8]) -> FrameError {
     let need = match pending.get(..4) {

@@ -35,10 +35,6 @@ const LOGGED_DETAIL: usize = 200;
 const READ_MIN: usize = 2 * 1024;
 const READ_MAX: usize = 64 * 1024;
 
-/// The most room made at once for a frame whose start has arrived: a peer's length prefix alone
-/// does not get it more.
-const RESERVE_MAX: usize = 1024 * 1024;
-
 /// How the relay talks to endpoints.
 #[derive(Clone)]
 pub enum Security {
@@ -264,16 +260,14 @@ impl Core {
         if entry.pending.is_empty() {
             let used = self.state.handle_input(now, conn, &bytes);
             if used < bytes.len() {
-                let rest = &bytes[used..];
-                // The start of a frame that is not whole yet: room for it (its size was checked
-                // against the limit by `handle_input`), but never more than `RESERVE_MAX` on
-                // the peer's word alone; past that the buffer grows as the bytes come.
-                if let Some(size) = tlsro_proto::frame::announced_len(rest)
-                    && size <= self.state.config().max_frame as usize
-                {
-                    entry.pending.reserve(size.min(RESERVE_MAX));
+                // The start of a frame that is not whole yet. No room is made up front for
+                // what its prefix announces: the buffer grows as the bytes come (reserving on a
+                // peer's word, then giving the room back, fragmented the heap).
+                if used == 0 {
+                    entry.pending = bytes;
+                } else {
+                    entry.pending.extend_from_slice(&bytes[used..]);
                 }
-                entry.pending.extend_from_slice(rest);
             }
         } else {
             entry.pending.extend_from_slice(&bytes);
@@ -297,7 +291,12 @@ impl Core {
             return;
         };
         if !entry.closing {
-            info!(conn = %conn, peer = %entry.peer, "connection lost");
+            if entry.pending.is_empty() {
+                info!(conn = %conn, peer = %entry.peer, "connection lost");
+            } else {
+                let cut = tlsro_proto::frame::truncated(&entry.pending);
+                info!(conn = %conn, peer = %entry.peer, "connection lost in the middle of a frame: {cut}");
+            }
             entry.closing = true;
             let _ = entry.writer.send(WriterMsg::Close);
             let _ = entry.closing_signal.send(true);

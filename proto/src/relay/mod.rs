@@ -425,8 +425,17 @@ impl RelayState {
     /// Handles bytes received on `conn`: consumes every whole frame at the front of `buf` and
     /// returns how many bytes that was (the rest is a partial frame: keep it and append). After
     /// an error the connection is closing (see [`RelayEvent::Closing`]) and everything is
-    /// reported consumed.
+    /// reported consumed. Call it when bytes arrived: any call counts as a sign of life.
     pub fn handle_input(&mut self, now: Instant, conn: ConnId, buf: &[u8]) -> usize {
+        // Bytes of a frame still arriving are a sign of life too: a large object on a slow link
+        // must not look like silence (the endpoint cannot answer a `Ping` in the middle of a
+        // frame). Before `Welcome` only the handshake deadline counts.
+        if let Some(c) = self.conns.get_mut(&conn)
+            && !buf.is_empty()
+            && matches!(c.phase, Phase::Open)
+        {
+            c.last_rx = now;
+        }
         let mut consumed = 0;
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {

@@ -744,6 +744,89 @@ fn handshake_deadline_and_idle_timeout() {
     assert!(codes.contains(&(net.eps[e].conn.unwrap(), CloseCode::IdleTimeout)));
 }
 
+/// A large publish trickling in over far longer than the idle window is not silence: the
+/// endpoint cannot answer a ping in the middle of a frame, but its bytes keep coming.
+#[test]
+fn a_slow_upload_of_a_large_frame_is_not_idle() {
+    let mut net = Net::new();
+    let e = net.endpoint_with(key(), &["g"], |c| {
+        c.keepalive = Duration::from_secs(1);
+        c.dead_after = Duration::from_secs(1000);
+    });
+    net.drive();
+    let conn = net.eps[e].conn.unwrap();
+    let payload = std::vec![7u8; 20_000];
+    let mut frame = std::vec![0; payload.len() + 512];
+    let (_, n) = net.eps[e]
+        .session
+        .publish(PublishKind::Broadcast, &["g"], &payload, &mut frame)
+        .unwrap();
+    frame.truncate(n);
+    // 100 bytes every 500 ms: 100 s for the frame, against an idle window of a few seconds.
+    let mut fed = 0;
+    while fed < frame.len() {
+        fed = (fed + 100).min(frame.len());
+        net.now = net.now + Duration::from_millis(500);
+        let used = net.relay.handle_input(net.now, conn, &frame[..fed]);
+        net.relay.handle_timeout(net.now);
+        while let Some(ev) = net.relay.poll_event() {
+            assert!(
+                !matches!(ev, RelayEvent::Closing { .. }),
+                "closed after {fed} of {} bytes: {ev:?}",
+                frame.len()
+            );
+        }
+        assert_eq!(used, if fed == frame.len() { fed } else { 0 });
+    }
+    net.drive();
+    assert!(
+        net.eps[e]
+            .seen
+            .iter()
+            .any(|s| matches!(s, Seen::Broadcast(g, _, p) if g == "g" && *p == payload))
+    );
+}
+
+/// The mirror case at the endpoint: a large delivery trickling in is not a silent relay.
+#[test]
+fn a_slow_delivery_of_a_large_frame_is_not_a_silent_relay() {
+    let mut net = Net::new();
+    let e = net.endpoint_with(key(), &["g"], |c| {
+        c.keepalive = Duration::from_secs(1);
+        c.dead_after = Duration::from_secs(3);
+    });
+    net.drive();
+    let payload = std::vec![9u8; 20_000];
+    let frame = Frame::Deliver(Deliver {
+        group: "g",
+        delivery: Delivery::Broadcast { seq: 1 },
+        payload: &payload,
+    })
+    .to_vec();
+    let session = &mut net.eps[e].session;
+    let mut fed = 0;
+    let mut delivered = false;
+    while fed < frame.len() {
+        fed = (fed + 100).min(frame.len());
+        net.now = net.now + Duration::from_millis(500);
+        match session.handle_input(net.now, &frame[..fed]) {
+            Ok(Input::NeedMore) => {}
+            Ok(Input::Frame { consumed, event }) => {
+                assert_eq!(consumed, frame.len());
+                delivered = matches!(event, Some(Event::Delivered { .. }));
+            }
+            Err(e) => panic!("after {fed} of {} bytes: {e}", frame.len()),
+        }
+        session.handle_timeout(net.now);
+        assert!(
+            session.is_open(),
+            "gave up after {fed} of {} bytes",
+            frame.len()
+        );
+    }
+    assert!(delivered);
+}
+
 #[test]
 fn keepalive_pings_keep_a_quiet_endpoint_connected() {
     let mut net = Net::new();
