@@ -122,6 +122,17 @@ fn fingerprint_in(stdout: &str) -> String {
     fingerprint.to_owned()
 }
 
+/// `credentials generate --dir HOME/creds`, which must succeed: the directory and its output.
+fn generate_credentials(home: &TempDir) -> (PathBuf, Finished) {
+    let dir = home.path().join("creds");
+    let generated = finish(command(
+        home.path(),
+        &["credentials", "generate", "--dir", dir.to_str().unwrap()],
+    ));
+    assert!(generated.status.success(), "{}", generated.stderr);
+    (dir, generated)
+}
+
 /// A running `tlsro-relay run`, killed on drop.
 struct Running {
     child: Child,
@@ -233,14 +244,8 @@ fn tls_handshake(addr: SocketAddr, ca_dir: &Path) {
 #[test]
 fn generate_writes_five_files_and_show_agrees() {
     let home = TempDir::new("generate");
-    let dir = home.path().join("creds");
+    let (dir, generated) = generate_credentials(&home);
     let dir_arg = dir.to_str().unwrap();
-
-    let generated = finish(command(
-        home.path(),
-        &["credentials", "generate", "--dir", dir_arg],
-    ));
-    assert!(generated.status.success(), "{}", generated.stderr);
     let fingerprint = fingerprint_in(&generated.stdout);
     for name in ["ca.pem", "ca.key", "relay.pem", "relay.key", "password"] {
         let path = dir.join(name);
@@ -375,13 +380,8 @@ fn show_and_generate_report_problems() {
 #[test]
 fn run_with_credentials_listens_serves_tls_and_stops_on_sigterm() {
     let home = TempDir::new("run-tls");
-    let dir = home.path().join("creds");
+    let (dir, generated) = generate_credentials(&home);
     let dir_arg = dir.to_str().unwrap();
-    let generated = finish(command(
-        home.path(),
-        &["credentials", "generate", "--dir", dir_arg],
-    ));
-    assert!(generated.status.success(), "{}", generated.stderr);
     let fingerprint = fingerprint_in(&generated.stdout);
 
     let mut cmd = command(
@@ -612,13 +612,8 @@ fn run_asks_for_the_password_at_a_terminal() {
         return;
     }
     let home = TempDir::new("run-prompt");
-    let dir = home.path().join("creds");
+    let (dir, _) = generate_credentials(&home);
     let dir_arg = dir.to_str().unwrap();
-    let generated = finish(command(
-        home.path(),
-        &["credentials", "generate", "--dir", dir_arg],
-    ));
-    assert!(generated.status.success(), "{}", generated.stderr);
     // No password file: the prompt is the only source left.
     std::fs::remove_file(dir.join("password")).unwrap();
 
