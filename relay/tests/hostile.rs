@@ -2765,3 +2765,35 @@ fn never_disconnected(events: &mut tokio::sync::broadcast::Receiver<Event>) -> b
     }
     clean
 }
+
+/// An endpoint that vanishes in the middle of a frame: the relay says so in its log (how much
+/// of the frame came), handles none of it, and keeps serving.
+#[tokio::test]
+async fn a_connection_lost_mid_frame_is_logged_as_such() {
+    let (logs, _guard) = Logs::capture();
+    bounded(async {
+        let relay = plain_relay(|_| {}).await;
+        let addr = relay.local_addr();
+        let mut raw = Raw::connect(addr).await;
+        raw.open(&[], 4096).await;
+        let frame = publish(1, PublishKind::Broadcast, &["g"], &[5u8; 10_000]);
+        assert!(raw.send(&frame[..100]).await);
+        drop(raw);
+        let deadline = Instant::now() + PROMPTLY;
+        while !logs
+            .text()
+            .contains("connection lost in the middle of a frame")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no mid-frame line:\n{}",
+                logs.text()
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(relay.stats().await.broadcasts, 0);
+        assert_still_serving(addr).await;
+        relay.stop().await;
+    })
+    .await
+}

@@ -117,9 +117,6 @@ impl State {
     /// (objects `Newest` discards count as handed over too). Returns the objects to give to
     /// the application, oldest first.
     pub(crate) fn take(&mut self, how: Take) -> Vec<Item> {
-        if how.is_nothing() {
-            return Vec::new();
-        }
         let len = self.inbox.items.len();
         let (discard, keep) = match how {
             Take::Oldest(n) => (0, n.min(len)),
@@ -165,8 +162,8 @@ pub(crate) enum Take {
 }
 
 impl Take {
-    /// Asks for no object at all (`pop(0)`, `get_last(0)`): takes, discards and acknowledges
-    /// nothing.
+    /// Asks for no object at all (`pop(0)`, `get_last(0)`): the receive calls answer it at once,
+    /// without calling [`State::take`], so nothing is discarded or acknowledged.
     pub(crate) fn is_nothing(self) -> bool {
         matches!(self, Take::Oldest(0) | Take::Newest(0))
     }
