@@ -42,10 +42,25 @@ pub struct CommonArgs {
     pub json: bool,
 }
 
-/// Parses `5`, `2.5s`, `500ms`, `1m` as a duration (plain numbers are seconds).
+/// The busy-poll window of `--busy-poll`, for every endpoint and relay of this run.
+static BUSY_POLL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// Sets the busy-poll window of this run (once, before anything connects).
+pub fn set_busy_poll(window: Duration) {
+    let _ = BUSY_POLL.set(window);
+}
+
+/// The busy-poll window of this run, if `--busy-poll` was given.
+pub fn busy_poll() -> Option<Duration> {
+    BUSY_POLL.get().copied()
+}
+
+/// Parses `5`, `2.5s`, `500ms`, `200us`, `1m` as a duration (plain numbers are seconds).
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
-    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+    let (number, scale) = if let Some(n) = t.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = t.strip_suffix("ms") {
         (n, 0.001)
     } else if let Some(n) = t.strip_suffix('s') {
         (n, 1.0)
@@ -279,6 +294,9 @@ impl Connector {
         if let Some(bytes) = max_queued {
             builder = builder.max_queued_bytes(bytes);
         }
+        if let Some(window) = busy_poll() {
+            builder = builder.busy_poll(window);
+        }
         let ep = builder
             .codec(RawBytes)
             .security(self.security.clone())
@@ -318,7 +336,10 @@ impl<'a> Setup<'a> {
             setup.process = Some(process);
             return Ok(setup);
         }
-        let builder = Relay::builder(creds.password.clone()).listen("127.0.0.1:0".parse()?);
+        let mut builder = Relay::builder(creds.password.clone()).listen("127.0.0.1:0".parse()?);
+        if let Some(window) = busy_poll() {
+            builder = builder.busy_poll(window);
+        }
         let builder = if creds.tls {
             builder.tls_from_dir(creds.dir()?)?
         } else {

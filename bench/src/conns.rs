@@ -78,13 +78,17 @@ pub fn spawn_relay(
         .prefix("tlsro-bench-relay-")
         .tempdir()?;
     let config_file = config.path().join("relay.toml");
-    std::fs::write(
-        &config_file,
-        format!(
-            "max_connections = {max_connections}\nmax_sessions = {}\n",
-            max_connections * 2
-        ),
-    )?;
+    let mut toml = format!(
+        "max_connections = {max_connections}\nmax_sessions = {}\n",
+        max_connections * 2
+    );
+    if let Some(window) = crate::common::busy_poll() {
+        toml.push_str(&format!(
+            "busy_poll = \"{}us\"\n",
+            window.as_micros().max(1)
+        ));
+    }
+    std::fs::write(&config_file, toml)?;
     let mut cmd = match relay_bin {
         None => {
             let mut c = Command::new(std::env::current_exe()?);
@@ -398,9 +402,16 @@ pub fn relay_main(args: RelayArgs) -> Result<()> {
         Some(path) => tlsro_relay::config::RelayFileConfig::load(path)?,
         None => Default::default(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // As `tlsro-relay run` does: busy polling comes with a single-threaded runtime.
+    let runtime = if file.busy_poll.is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(async move {
         let builder = file
             .apply(tlsro_relay::Relay::builder(password.into_bytes()))

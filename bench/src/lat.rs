@@ -148,14 +148,56 @@ pub async fn run(setup: &Setup<'_>, args: &LatArgs) -> Result<Outcome> {
 
     let timed = samples.len() as u64;
     let p = Percentiles::of(&mut samples);
-    let security = setup.creds.security_name();
+    let mut problems = Vec::new();
+    if let Some(f) = failure {
+        problems.push(format!("LOST: {f}"));
+    }
+    let busy_poll = crate::common::busy_poll().map(|w| w.as_micros() as u64);
+    let json = serde_json::json!({
+        "bench": "lat",
+        "security": setup.creds.security_name(),
+        "size": args.size,
+        "mode": args.mode.name(),
+        "rounds": timed,
+        "warmup": args.warmup,
+        "busy_poll_us": busy_poll,
+        "relay_process": setup.relay_pid().is_some(),
+        "p50_us": p.p50,
+        "p90_us": p.p90,
+        "p99_us": p.p99,
+        "p999_us": p.p999,
+        "max_us": p.max,
+        "mean_us": p.mean,
+        "lost": u64::from(!problems.is_empty()),
+    });
+    Ok(outcome(json, problems))
+}
+
+/// The outcome of a `lat` run from its JSON line (also used by `all` for a run it made in a
+/// process of its own).
+pub fn outcome(json: serde_json::Value, problems: Vec<String>) -> Outcome {
+    let text = |key: &str| {
+        json.get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let num = |key: &str| json.get(key).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let mut setting = String::new();
+    if let Some(us) = json.get("busy_poll_us").and_then(|v| v.as_u64()) {
+        setting.push_str(&format!(", busy polling {us} µs"));
+    }
+    if json.get("relay_process").and_then(|v| v.as_bool()) == Some(true) {
+        setting.push_str(", relay in its own process");
+    }
     let mut table = Table::new(
         format!(
-            "lat: round trip A → relay → B → relay → A ({security}, {}, {}, {} rounds after {} warm-up)",
-            size_name(args.size),
-            args.mode.name(),
-            thousands(timed as f64),
-            thousands(args.warmup as f64)
+            "lat: round trip A → relay → B → relay → A ({}, {}, {}, {} rounds after {} warm-up{setting})",
+            text("security"),
+            size_name(num("size") as u64),
+            text("mode"),
+            thousands(num("rounds")),
+            thousands(num("warmup"))
         ),
         &[
             "p50 µs",
@@ -167,35 +209,16 @@ pub async fn run(setup: &Setup<'_>, args: &LatArgs) -> Result<Outcome> {
         ],
     );
     table.row(
-        [p.p50, p.p90, p.p99, p.p999, p.max, p.mean]
+        ["p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us"]
             .iter()
-            .map(|v| format!("{v:.1}"))
+            .map(|k| format!("{:.1}", num(k)))
             .collect(),
     );
-    let mut problems = Vec::new();
-    if let Some(f) = failure {
-        problems.push(format!("LOST: {f}"));
-    }
-    let json = serde_json::json!({
-        "bench": "lat",
-        "security": security,
-        "size": args.size,
-        "mode": args.mode.name(),
-        "rounds": timed,
-        "warmup": args.warmup,
-        "p50_us": p.p50,
-        "p90_us": p.p90,
-        "p99_us": p.p99,
-        "p999_us": p.p999,
-        "max_us": p.max,
-        "mean_us": p.mean,
-        "lost": u64::from(!problems.is_empty()),
-    });
-    Ok(Outcome {
+    Outcome {
         json,
         table,
         problems,
-    })
+    }
 }
 
 /// B: sends back everything it receives, until the endpoint stops.

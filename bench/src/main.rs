@@ -36,6 +36,11 @@ struct Cli {
     /// [default: one per CPU].
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
+    /// Busy polling (e.g. 200us) for every endpoint and relay of the run: they spin this long
+    /// after traffic instead of sleeping. This process then runs on one thread (a relay in its
+    /// own process too) [default: off].
+    #[arg(long, global = true, value_name = "DURATION", value_parser = common::parse_duration, conflicts_with = "threads")]
+    busy_poll: Option<std::time::Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,7 +75,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = match cli.busy_poll {
+        Some(window) if !window.is_zero() => {
+            common::set_busy_poll(window);
+            tokio::runtime::Builder::new_current_thread()
+        }
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     if let Some(n) = cli.threads {
         builder.worker_threads(n.max(1));
     }

@@ -10,9 +10,11 @@
 //! outbound_limit = "64MiB"      # per connection: past it an endpoint is a slow consumer
 //! max_groups = 10000            # groups that may exist at once
 //! max_connections = 10000       # connections at once
-//! handshake_timeout = "10s"     # with a ms, s or m suffix
+//! handshake_timeout = "10s"     # with a us, ms, s or m suffix
 //! idle_intervals = 3            # silent keepalive intervals before an endpoint is dropped
 //! max_sessions = 100000         # disconnected sessions remembered to recognise resends
+//! # busy_poll = "200us"         # spin this long after traffic instead of sleeping: lower
+//!                               # latency for CPU, one thread serves everything; default off
 //!
 //! # Any [groups.NAME] table turns on the allow-list (tlspyo's `accepted_groups`): only the
 //! # groups listed can then be joined or published to.
@@ -90,6 +92,10 @@ pub struct RelayFileConfig {
     pub idle_intervals: Option<u32>,
     /// Sessions remembered after they disconnect, to recognise resent publishes.
     pub max_sessions: Option<usize>,
+    /// Busy polling: spin this long after each read or write instead of sleeping
+    /// ([`RelayBuilder::busy_poll`]). The `tlsro-relay` command then runs on one thread.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub busy_poll: Option<Duration>,
     /// The allow-list: when not empty, only these groups exist, with these limits.
     #[serde(default, deserialize_with = "de_groups")]
     pub groups: BTreeMap<String, GroupFileLimits>,
@@ -279,6 +285,10 @@ impl RelayFileConfig {
             Some(addr) => builder.listen(addr),
             None => builder,
         };
+        let builder = match self.busy_poll {
+            Some(window) => builder.busy_poll(window),
+            None => builder,
+        };
         let this = self.clone();
         builder.configure(move |config| this.apply_to(config))
     }
@@ -335,7 +345,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// Parses a duration: a whole number with a `ms`, `s` or `m` suffix, e.g. `"10s"`, `"500ms"`.
+/// Parses a duration: a whole number with a `us`, `ms`, `s` or `m` suffix, e.g. `"10s"`,
+/// `"500ms"`, `"200us"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -346,7 +357,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let digits: String = digits.chars().filter(|&c| c != '_').collect();
     if digits.is_empty() {
         return Err(format!(
-            "{text:?} is not a duration: expected a whole number with a ms, s or m suffix, \
+            "{text:?} is not a duration: expected a whole number with a us, ms, s or m suffix, \
              e.g. \"10s\""
         ));
     }
@@ -354,6 +365,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{text:?} is too large"))?;
     match unit {
+        "us" | "µs" => Ok(Duration::from_micros(number)),
         "ms" => Ok(Duration::from_millis(number)),
         "s" => Ok(Duration::from_secs(number)),
         "m" | "min" => number
@@ -363,7 +375,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" => Err(format!(
             "{text:?} has no unit: write for example \"{number}s\" or \"{number}ms\""
         )),
-        _ => Err(format!("{text:?}: unknown unit {unit:?}; use ms, s or m")),
+        _ => Err(format!(
+            "{text:?}: unknown unit {unit:?}; use us, ms, s or m"
+        )),
     }
 }
 
@@ -426,7 +440,10 @@ fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Dura
 
     let duration = deserializer.deserialize_any(DurationVisitor)?;
     if duration.is_zero() {
-        return Err(de::Error::custom("a duration of 0 would time out at once"));
+        return Err(de::Error::custom(
+            "a duration of 0 is not usable (a timeout would expire at once, a busy-poll window \
+             would never spin)",
+        ));
     }
     Ok(Some(duration))
 }
@@ -612,6 +629,8 @@ overflow = "reject"
     fn durations() {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("200us"), Ok(Duration::from_micros(200)));
+        assert_eq!(parse_duration("50µs"), Ok(Duration::from_micros(50)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("3 s"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
@@ -640,6 +659,17 @@ overflow = "reject"
         assert!(e.contains("colour"), "{e}");
         let e = parse_err("[groups]\n");
         assert!(e.contains("lists no group"), "{e}");
+    }
+
+    #[test]
+    fn busy_poll_is_a_window_and_reaches_the_builder() {
+        let file = RelayFileConfig::parse("busy_poll = \"150us\"\n").unwrap();
+        assert_eq!(file.busy_poll, Some(Duration::from_micros(150)));
+        let builder = file.apply(crate::Relay::builder(b"pw".to_vec()));
+        assert_eq!(builder.busy_poll_window(), Some(Duration::from_micros(150)));
+        assert!(parse_err("busy_poll = \"0us\"").contains("never spin"));
+        assert!(parse_err("busy_poll = 200").contains("needs a unit"));
+        assert_eq!(RelayFileConfig::default().busy_poll, None);
     }
 
     #[test]

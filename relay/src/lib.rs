@@ -36,6 +36,7 @@ pub struct RelayBuilder {
     listen: SocketAddr,
     security: Option<Security>,
     configure: Vec<ConfigureFn>,
+    busy_poll: Option<std::time::Duration>,
 }
 
 /// Entry point: `Relay::builder(password)`.
@@ -49,6 +50,7 @@ impl Relay {
             listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
             security: None,
             configure: Vec::new(),
+            busy_poll: None,
         }
     }
 }
@@ -95,6 +97,22 @@ impl RelayBuilder {
         self
     }
 
+    /// Busy polling for lower latency: after each read or write the relay's runtime spins for
+    /// `window` instead of sleeping, so the next bytes are taken at once rather than after a
+    /// wake-up (tens of microseconds on virtual machines). It costs up to a core of CPU while
+    /// traffic keeps coming. Needs a current-thread runtime; [`start`](Self::start) fails with
+    /// [`StartError::BusyPoll`] on a multi-thread one. See [`tlsro::busy_poll`]. Default: off.
+    pub fn busy_poll(mut self, window: std::time::Duration) -> Self {
+        self.busy_poll = Some(window);
+        self
+    }
+
+    /// Whether (and for how long) [`busy_poll`](Self::busy_poll) was asked for: the
+    /// `tlsro-relay` command picks its runtime by it.
+    pub fn busy_poll_window(&self) -> Option<std::time::Duration> {
+        self.busy_poll
+    }
+
     /// Binds the socket and starts serving.
     pub async fn start(self) -> Result<RelayHandle, StartError> {
         let security = self.security.ok_or(StartError::NoSecurity)?;
@@ -107,6 +125,6 @@ impl RelayBuilder {
         for f in self.configure {
             f(&mut config);
         }
-        server::start(self.listen, security, config).await
+        server::start_with(self.listen, security, config, self.busy_poll).await
     }
 }

@@ -76,6 +76,19 @@ struct RunArgs {
     /// File holding the password (trailing whitespace is ignored).
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
+    /// Busy polling for lower latency: spin this long (e.g. 200us) after each read or write
+    /// instead of sleeping. The relay then runs on one thread, and uses up to a core while
+    /// traffic flows [default: off, or `busy_poll` in the configuration file].
+    #[arg(long, value_name = "DURATION", value_parser = parse_window)]
+    busy_poll: Option<std::time::Duration>,
+}
+
+fn parse_window(text: &str) -> Result<std::time::Duration, String> {
+    let window = tlsro_relay::config::parse_duration(text)?;
+    if window.is_zero() {
+        return Err("a busy-poll window of 0 would never spin".to_owned());
+    }
+    Ok(window)
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,9 +243,25 @@ fn run(args: RunArgs) -> Result<(), BoxError> {
         say(format!("configuration: {}", path.display()));
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    if let Some(window) = args.busy_poll {
+        builder = builder.busy_poll(window);
+    }
+    // Busy polling keeps one thread from sleeping; other workers would still sleep, and would
+    // compete with it for the cores, so it comes with a single-threaded runtime.
+    let runtime = match builder.busy_poll_window() {
+        Some(window) => {
+            say(format!(
+                "busy polling: one thread, spinning {} µs after traffic",
+                window.as_micros()
+            ));
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        }
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async move {
         let shutdown = shutdown_signal()?;
         let handle = builder.start().await?;

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tlsro::busy_poll::{BusyPoll, BusyPollError};
 use tlsro_proto::frame::CloseCode;
 use tlsro_proto::relay::{Chunk, ConnId, RelayConfig, RelayEvent, RelayState, RelayStats};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -72,6 +73,9 @@ pub enum StartError {
     /// The operating system's random source failed.
     #[error("no randomness available: {0}")]
     Random(String),
+    /// Busy polling was asked for on a runtime where it cannot work.
+    #[error("cannot busy-poll: {0}")]
+    BusyPoll(#[from] BusyPollError),
 }
 
 /// A running relay. Dropping the handle does not stop it; call [`RelayHandle::stop`].
@@ -108,6 +112,18 @@ pub async fn start(
     security: Security,
     config: RelayConfig,
 ) -> Result<RelayHandle, StartError> {
+    start_with(listen, security, config, None).await
+}
+
+/// [`start`], and with `busy_poll` the relay's runtime spins for that window after each read or
+/// write (see [`tlsro::busy_poll`]; it needs a current-thread runtime).
+pub async fn start_with(
+    listen: SocketAddr,
+    security: Security,
+    config: RelayConfig,
+    busy_poll: Option<Duration>,
+) -> Result<RelayHandle, StartError> {
+    let busy = busy_poll.map(BusyPoll::start).transpose()?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -133,6 +149,7 @@ pub async fn start(
         tx.clone(),
         input_tx,
         stop_rx,
+        busy,
     ));
     let core = Core {
         state,
@@ -467,6 +484,7 @@ async fn accept_loop(
     core: mpsc::UnboundedSender<CoreMsg>,
     input: mpsc::Sender<Input>,
     stop: watch::Receiver<bool>,
+    busy: Option<BusyPoll>,
 ) {
     let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let tls = match &security {
@@ -497,6 +515,7 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let core = core.clone();
         let input = input.clone();
+        let busy = busy.clone();
         let tls = tls.clone();
         let pending = pending.clone();
         pending.fetch_add(1, Ordering::Relaxed);
@@ -518,7 +537,9 @@ async fn accept_loop(
                     drop(guard);
                     match handshake {
                         // A task of its own: this one, sized for the handshake, ends.
-                        Ok(Ok(stream)) => drop(tokio::spawn(serve(stream, peer, core, input))),
+                        Ok(Ok(stream)) => {
+                            drop(tokio::spawn(serve(stream, peer, core, input, busy)))
+                        }
                         Ok(Err(e)) => {
                             warn!(%peer, "TLS handshake failed: {}", explain_tls_error(&e))
                         }
@@ -532,7 +553,7 @@ async fn accept_loop(
                         warn!(%peer, "a TLS client connected to this plain-TCP relay; closing (start the endpoint with plain security, or the relay without --plain)");
                         return;
                     }
-                    drop(tokio::spawn(serve(tcp, peer, core, input)));
+                    drop(tokio::spawn(serve(tcp, peer, core, input, busy)));
                 }
             }
         });
@@ -599,6 +620,7 @@ async fn serve<S>(
     peer: SocketAddr,
     core: mpsc::UnboundedSender<CoreMsg>,
     input: mpsc::Sender<Input>,
+    busy: Option<BusyPoll>,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -620,6 +642,7 @@ async fn serve<S>(
     let Ok(conn) = reply_rx.await else {
         return;
     };
+    let reader_busy = busy.clone();
     let reader_task = tokio::spawn(async move {
         // Each read lands in a buffer of its own that goes to the core as it is (no copy).
         // An idle connection waits with a small one (what it gets are pings and notifies);
@@ -631,6 +654,9 @@ async fn serve<S>(
             match reader.read_buf(&mut bytes).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if let Some(busy) = &reader_busy {
+                        busy.activity();
+                    }
                     if n == size {
                         size = (size * 2).min(READ_MAX);
                     } else if n <= READ_MIN {
@@ -651,7 +677,7 @@ async fn serve<S>(
     // A peer that stopped reading would keep the writer blocked forever: once the connection
     // is closing, it gets CLOSE_GRACE to finish.
     tokio::select! {
-        _ = write_loop(writer, writer_rx, conn, &core) => {}
+        _ = write_loop(writer, writer_rx, conn, &core, busy.as_ref()) => {}
         _ = async {
             let _ = closing_rx.wait_for(|closing| *closing).await;
             tokio::time::sleep(CLOSE_GRACE).await;
@@ -666,6 +692,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::UnboundedReceiver<WriterMsg>,
     conn: ConnId,
     core: &mpsc::UnboundedSender<CoreMsg>,
+    busy: Option<&BusyPoll>,
 ) {
     // Small chunks are gathered into one buffer so many frames leave in one TLS record and one
     // syscall; large ones are written as they are.
@@ -713,6 +740,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         if writer.flush().await.is_err() {
             return;
+        }
+        if let Some(busy) = busy {
+            busy.activity();
         }
         let _ = core.send(CoreMsg::Written(conn, written));
         if rx.is_empty() {

@@ -689,3 +689,66 @@ impl Drop for KillOnDrop {
         let _ = wait_bounded(&mut self.0, TIMEOUT);
     }
 }
+
+#[test]
+fn run_with_busy_poll_serves_on_one_thread_and_refuses_a_zero_window() {
+    let home = TempDir::new("run-busy-poll");
+    let mut cmd = command(
+        home.path(),
+        &[
+            "run",
+            "--plain",
+            "--listen",
+            "127.0.0.1:0",
+            "--busy-poll",
+            "200us",
+        ],
+    );
+    cmd.env("TLSRO_PASSWORD", "s3cret");
+    let mut relay = Running::spawn(cmd);
+    assert_eq!(
+        relay.line_after("busy polling: "),
+        "one thread, spinning 200 µs after traffic"
+    );
+    let addr = relay.listening();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let exchange = async {
+            let ep = tlsro::Endpoint::<String>::builder(addr.to_string(), "s3cret")
+                .security(tlsro::Security::Plain)
+                .groups(["g"])
+                .busy_poll(Duration::from_micros(200))
+                .connect()
+                .await
+                .expect("connect to the busy-polling relay");
+            ep.broadcast(&"spun".to_owned(), "g").unwrap();
+            let got = ep.pop(1, tlsro::Wait::Forever).await.unwrap();
+            assert_eq!(got[0].value, "spun");
+            ep.stop().await.unwrap();
+        };
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .expect("the exchange timed out");
+    });
+    drop(relay);
+
+    let mut cmd = command(
+        home.path(),
+        &[
+            "run",
+            "--plain",
+            "--listen",
+            "127.0.0.1:0",
+            "--busy-poll",
+            "0us",
+        ],
+    );
+    cmd.env("TLSRO_PASSWORD", "s3cret");
+    let run = finish(cmd);
+    assert_eq!(run.status.code(), Some(2), "{}", run.stdout);
+    assert!(run.stderr.contains("never spin"), "{}", run.stderr);
+    assert!(!run.stdout.contains(LISTENING_PREFIX));
+}

@@ -38,6 +38,7 @@
 //! reconnects) and the security model.
 
 pub mod blocking;
+pub mod busy_poll;
 pub mod codec;
 pub mod credentials;
 pub mod endpoint;

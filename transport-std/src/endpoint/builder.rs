@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use super::driver::{Driver, DriverConfig};
 use super::state::{Limits, Shared};
 use super::{Backoff, Endpoint, Inner};
+use crate::busy_poll::BusyPoll;
 use crate::codec::{Codec, Postcard};
 use crate::error::Error;
 use crate::transport::{self, Link};
@@ -76,6 +77,7 @@ pub struct Builder<T, C = Postcard> {
     max_buffered: usize,
     max_queued: usize,
     stop_timeout: Duration,
+    busy_poll: Option<Duration>,
     _type: PhantomData<fn(T) -> T>,
 }
 
@@ -94,6 +96,7 @@ impl<T, C: fmt::Debug> fmt::Debug for Builder<T, C> {
             .field("max_buffered_bytes", &self.max_buffered)
             .field("max_queued_bytes", &self.max_queued)
             .field("stop_timeout", &self.stop_timeout)
+            .field("busy_poll", &self.busy_poll)
             .finish()
     }
 }
@@ -113,6 +116,7 @@ impl<T> Builder<T, Postcard> {
             max_buffered: 64 * 1024 * 1024,
             max_queued: 64 * 1024 * 1024,
             stop_timeout: Duration::from_secs(5),
+            busy_poll: None,
             _type: PhantomData,
         }
     }
@@ -154,6 +158,7 @@ impl<T, C: Codec> Builder<T, C> {
             max_buffered: self.max_buffered,
             max_queued: self.max_queued,
             stop_timeout: self.stop_timeout,
+            busy_poll: self.busy_poll,
             _type: PhantomData,
         }
     }
@@ -210,6 +215,18 @@ impl<T, C: Codec> Builder<T, C> {
         self
     }
 
+    /// Busy polling for lower latency: after each read or write, the runtime is kept from
+    /// sleeping for `window` (it spins, polling the socket), so the relay's next bytes are taken
+    /// at once instead of after a wake-up, which costs tens of microseconds on virtual machines.
+    /// It costs CPU: the thread runs flat out until `window` passes with no traffic. Needs a
+    /// current-thread runtime (`#[tokio::main(flavor = "current_thread")]`, or the blocking
+    /// endpoint); `connect` fails with [`Error::InvalidConfig`] on a multi-thread one. See
+    /// [`busy_poll`](crate::busy_poll). Default: off.
+    pub fn busy_poll(mut self, window: Duration) -> Self {
+        self.busy_poll = Some(window);
+        self
+    }
+
     /// Connects to the relay and authenticates.
     ///
     /// Fails fast when retrying cannot help: [`Error::WrongPassword`],
@@ -252,6 +269,12 @@ impl<T, C: Codec> Builder<T, C> {
             ));
         }
 
+        let busy_poll = self
+            .busy_poll
+            .map(BusyPoll::start)
+            .transpose()
+            .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+
         let mut session_id = [0; 16];
         getrandom::fill(&mut session_id).map_err(|e| {
             Error::Io(Arc::new(std::io::Error::other(format!(
@@ -287,6 +310,7 @@ impl<T, C: Codec> Builder<T, C> {
                 connect_timeout: self.connect_timeout,
                 write_stall: self.keepalive.saturating_mul(3),
                 max_frame: self.max_frame,
+                busy_poll,
             },
             first_tx,
         );

@@ -23,6 +23,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::state::{Item, Shared, State};
 use super::{Backoff, Event, Status};
+use crate::busy_poll::BusyPoll;
 use crate::error::Error;
 use crate::transport::{self, Failure, Heal, Link};
 
@@ -46,6 +47,8 @@ pub(crate) struct DriverConfig {
     pub(crate) write_stall: Duration,
     /// The largest frame this endpoint accepts (the read buffer never grows beyond it).
     pub(crate) max_frame: u32,
+    /// Told of every read and write, when the builder asked for busy polling.
+    pub(crate) busy_poll: Option<BusyPoll>,
 }
 
 pub(crate) struct Driver {
@@ -213,6 +216,9 @@ impl Driver {
                 if let Err(e) = written {
                     return Err(Failure::retry(e.into()));
                 }
+                if let Some(busy) = &self.config.busy_poll {
+                    busy.activity();
+                }
             }
             if let Some(end) = plan.end {
                 return end;
@@ -230,6 +236,9 @@ impl Driver {
                 read = io.read(read_room), if !paused => match read {
                     Ok(0) => return Err(self.end_of_stream()),
                     Ok(n) => {
+                        if let Some(busy) = &self.config.busy_poll {
+                            busy.activity();
+                        }
                         self.filled += n;
                         self.process_input();
                     }
