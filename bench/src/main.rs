@@ -7,6 +7,7 @@
 //! tlsro-bench lat   [--size 100] [--rounds R] [--warmup W] [--mode broadcast|produce]
 //! tlsro-bench conns [--count N] [--parallel P] [--idle D] [--relay-bin [PATH]] [--relay-pid PID]
 //! tlsro-bench raw   [--size WRITE] [--duration D]
+//! tlsro-bench wake  [--rounds R]
 //! tlsro-bench all   [--duration D] [--rounds R] [--warmup W] [--conns N] [--quick]
 //! ```
 //!
@@ -21,6 +22,7 @@ mod lat;
 mod queue;
 mod raw;
 mod thr;
+mod wake;
 
 use std::process::ExitCode;
 
@@ -57,6 +59,8 @@ enum Command {
     Conns(conns::ConnsArgs),
     /// One rustls connection moving bulk data over loopback: the ceiling.
     Raw(raw::RawArgs),
+    /// What waking a sleeping thread costs here: one-byte ping-pong, sleeping vs spinning.
+    Wake(wake::WakeArgs),
     /// The target matrix of issue 4, with the targets next to the figures.
     All(all::AllArgs),
     /// The relay library as a process (used by `conns`).
@@ -148,6 +152,7 @@ async fn run(command: Command) -> Result<Vec<Outcome>> {
                 args.common.json,
             )
         }
+        Command::Wake(args) => (wake::run(&args).await?, args.json),
         Command::Relay(_) => unreachable!("handled before the runtime starts"),
     };
     outcome.print(json);

@@ -139,3 +139,31 @@ fn conns_reads_relay_memory() {
     assert_eq!(r["connected"].as_u64(), Some(20), "{r}");
     assert!(r["relay_rss_after"].as_u64().unwrap() > 0, "{r}");
 }
+
+#[test]
+fn lat_with_busy_polling_and_a_relay_process() {
+    let r = one(
+        &[
+            "--busy-poll",
+            "200us",
+            "lat",
+            "--relay-process",
+            "--rounds",
+            "50",
+            "--warmup",
+            "5",
+        ],
+        "lat",
+    );
+    assert_eq!(r["rounds"].as_u64(), Some(50), "{r}");
+    assert_eq!(r["busy_poll_us"].as_u64(), Some(200), "{r}");
+    assert_eq!(r["relay_process"].as_bool(), Some(true), "{r}");
+}
+
+#[test]
+fn wake_measures_both_modes() {
+    let r = one(&["wake", "--rounds", "200"], "wake");
+    for key in ["sleeping_p50_us", "spinning_p50_us"] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{r}");
+    }
+}
