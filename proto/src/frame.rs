@@ -475,17 +475,22 @@ pub fn frame_len(buf: &[u8], max_frame: u32) -> Result<Option<usize>, FrameError
     Ok((buf.len() >= size).then_some(size))
 }
 
+/// The whole length (prefix included) that the frame starting `buf` announces, once its length
+/// prefix is there. It says nothing about whether that length is acceptable: see [`frame_len`].
+pub fn announced_len(buf: &[u8]) -> Option<usize> {
+    let p = buf.get(..4)?;
+    // Saturating: on a 32-bit target 4 + u32::MAX does not fit a usize.
+    Some((u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize).saturating_add(4))
+}
+
 /// What to report when a stream ends with `pending` bytes of an unfinished frame buffered.
 pub fn truncated(pending: &[u8]) -> FrameError {
-    let need = match pending.get(..4) {
-        // Saturating: on a 32-bit target 4 + u32::MAX does not fit a usize.
-        Some(p) => (u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize).saturating_add(4),
-        None => 0,
-    };
-    FrameError::Truncated {
-        have: pending.len(),
-        need,
-    }
+    truncated_at(pending.len(), announced_len(pending).unwrap_or(0))
+}
+
+/// [`truncated`] for a frame of `need` bytes of which `have` arrived.
+pub fn truncated_at(have: usize, need: usize) -> FrameError {
+    FrameError::Truncated { have, need }
 }
 
 /// Decodes one whole frame (as delimited by [`frame_len`]).

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use tlsro::busy_poll::{BusyPoll, BusyPollError};
 use tlsro_proto::frame::CloseCode;
-use tlsro_proto::relay::{Chunk, ConnId, RelayConfig, RelayEvent, RelayState, RelayStats};
+use tlsro_proto::relay::{
+    Chunk, ConnId, RelayConfig, RelayEvent, RelayState, RelayStats, SharedBytes,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -202,7 +204,43 @@ struct ConnEntry {
     closing_signal: watch::Sender<bool>,
     /// Bytes of a frame not yet whole.
     pending: Vec<u8>,
+    /// A large frame not yet whole, as its reads came (`pending` is then empty).
+    large: Option<LargeFrame>,
     closing: bool,
+}
+
+/// Frames at least this large are gathered as a [`LargeFrame`].
+const LARGE_FRAME: usize = 256 * 1024;
+
+/// A large frame arriving over many reads. The reads are kept as they came and put together
+/// once, when the last one is in, into the buffer the core then shares the payload from
+/// ([`RelayState::handle_input_shared`]). Growing one buffer as the bytes come would copy them
+/// again at each doubling, and the core would copy the payload out once more; reserving the
+/// announced size up front would trust a peer's word (connections that announce large frames
+/// and leave fragmented the heap).
+struct LargeFrame {
+    /// The frame's whole length, as its prefix announced (the core accepted it).
+    need: usize,
+    have: usize,
+    reads: Vec<Vec<u8>>,
+}
+
+impl LargeFrame {
+    /// The frame, and what the last read held beyond it.
+    fn assemble(self) -> (Vec<u8>, Vec<u8>) {
+        let mut frame = Vec::with_capacity(self.need);
+        let mut rest = Vec::new();
+        for read in self.reads {
+            let room = self.need - frame.len();
+            if read.len() <= room {
+                frame.extend_from_slice(&read);
+            } else {
+                frame.extend_from_slice(&read[..room]);
+                rest.extend_from_slice(&read[room..]);
+            }
+        }
+        (frame, rest)
+    }
 }
 
 struct Core {
@@ -274,6 +312,37 @@ impl Core {
         if entry.closing {
             return;
         }
+        let Some(large) = entry.large.as_mut() else {
+            self.handle_bytes(now, conn, bytes);
+            return;
+        };
+        large.have += bytes.len();
+        large.reads.push(bytes);
+        if large.have < large.need {
+            // Not whole yet: the core only learns that bytes arrived (a sign of life). It
+            // consumes nothing of a partial frame unless the connection is closing.
+            if self.state.handle_input(now, conn, &large.reads[0]) != 0 {
+                entry.large = None;
+            }
+            return;
+        }
+        let Some(large) = entry.large.take() else {
+            return;
+        };
+        let (frame, rest) = large.assemble();
+        let frame = SharedBytes::new(frame);
+        let used = self.state.handle_input_shared(now, conn, &frame);
+        debug_assert_eq!(used, frame.len(), "a whole frame is consumed");
+        if !rest.is_empty() {
+            self.handle_bytes(now, conn, rest);
+        }
+    }
+
+    /// Input when no large frame is being gathered.
+    fn handle_bytes(&mut self, now: tlsro_proto::Instant, conn: ConnId, bytes: Vec<u8>) {
+        let Some(entry) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if entry.pending.is_empty() {
             let used = self.state.handle_input(now, conn, &bytes);
             if used < bytes.len() {
@@ -298,6 +367,18 @@ impl Core {
                 entry.pending.shrink_to_fit();
             }
         }
+        // The start of a large frame that the core accepted: gather the rest read by read.
+        if let Some(need) = tlsro_proto::frame::announced_len(&entry.pending)
+            && need >= LARGE_FRAME
+            && need > entry.pending.len()
+        {
+            let first = std::mem::take(&mut entry.pending);
+            entry.large = Some(LargeFrame {
+                need,
+                have: first.len(),
+                reads: vec![first],
+            });
+        }
     }
 
     /// The peer will send nothing more. What it sent before was handled; output that caused
@@ -308,12 +389,18 @@ impl Core {
             return;
         };
         if !entry.closing {
-            if entry.pending.is_empty() {
-                info!(conn = %conn, peer = %entry.peer, "connection lost");
-            } else {
-                let cut = tlsro_proto::frame::truncated(&entry.pending);
-                info!(conn = %conn, peer = %entry.peer, "connection lost in the middle of a frame: {cut}");
+            let cut = match &entry.large {
+                Some(large) => Some(tlsro_proto::frame::truncated_at(large.have, large.need)),
+                None if entry.pending.is_empty() => None,
+                None => Some(tlsro_proto::frame::truncated(&entry.pending)),
+            };
+            match cut {
+                None => info!(conn = %conn, peer = %entry.peer, "connection lost"),
+                Some(cut) => {
+                    info!(conn = %conn, peer = %entry.peer, "connection lost in the middle of a frame: {cut}")
+                }
             }
+            entry.large = None;
             entry.closing = true;
             let _ = entry.writer.send(WriterMsg::Close);
             let _ = entry.closing_signal.send(true);
@@ -355,6 +442,7 @@ impl Core {
                         writer,
                         closing_signal,
                         pending: Vec::new(),
+                        large: None,
                         closing: false,
                     },
                 );

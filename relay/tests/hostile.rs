@@ -2774,22 +2774,27 @@ async fn a_connection_lost_mid_frame_is_logged_as_such() {
     bounded(async {
         let relay = plain_relay(|_| {}).await;
         let addr = relay.local_addr();
-        let mut raw = Raw::connect(addr).await;
-        raw.open(&[], 4096).await;
-        let frame = publish(1, PublishKind::Broadcast, &["g"], &[5u8; 10_000]);
-        assert!(raw.send(&frame[..100]).await);
-        drop(raw);
-        let deadline = Instant::now() + PROMPTLY;
-        while !logs
-            .text()
-            .contains("connection lost in the middle of a frame")
-        {
+        // A small frame (kept in one buffer) and a large one (gathered read by read).
+        for (size, sent) in [(10_000, 100), (1 << 20, 300_000)] {
+            let mut raw = Raw::connect(addr).await;
+            raw.open(&[], 4096).await;
+            let frame = publish(1, PublishKind::Broadcast, &["g"], &vec![5u8; size]);
+            assert!(raw.send(&frame[..sent]).await);
+            drop(raw);
+            let line = format!("({sent} of {} bytes)", frame.len());
+            let deadline = Instant::now() + PROMPTLY;
+            while !logs.text().contains(&line) {
+                assert!(
+                    Instant::now() < deadline,
+                    "no mid-frame line with {line:?}:\n{}",
+                    logs.text()
+                );
+                sleep(Duration::from_millis(20)).await;
+            }
             assert!(
-                Instant::now() < deadline,
-                "no mid-frame line:\n{}",
                 logs.text()
+                    .contains("connection lost in the middle of a frame")
             );
-            sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(relay.stats().await.broadcasts, 0);
         assert_still_serving(addr).await;

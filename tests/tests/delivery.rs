@@ -932,3 +932,51 @@ async fn large_objects() {
     })
     .await
 }
+
+/// Large objects (gathered by the relay read by read and shared without a copy, queued by the
+/// endpoint in the buffer they arrived in) mixed with small ones: every member gets every
+/// object whole and in order, the produced ones too, and a late joiner the last one retained.
+#[tokio::test]
+async fn large_and_small_objects_mixed_keep_order_and_content() {
+    bounded(async {
+        let creds = Creds::generate();
+        let relay = creds.relay().start().await.unwrap();
+        let addr = relay.local_addr();
+        let sender = creds.connect::<String>(addr, &[]).await;
+        let a = creds.connect::<String>(addr, &["mix"]).await;
+        let b = creds.connect::<String>(addr, &["mix"]).await;
+        let sizes = [10, 700_000, 3, 300_000, 20, 1_000_000, 5, 400_000];
+        let objects: Vec<String> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let mut s = format!("{i}:");
+                s.extend(std::iter::repeat_n(char::from(b'a' + i as u8), n));
+                s
+            })
+            .collect();
+        let mut receipts = Vec::new();
+        for o in &objects {
+            receipts.push(sender.broadcast(o, "mix").unwrap());
+        }
+        for o in &objects {
+            receipts.push(sender.produce(o, "mix").unwrap());
+        }
+        for r in receipts {
+            r.wait().await.unwrap();
+        }
+        let n = objects.len();
+        let got_a = recv_n(&a, n, PROMPTLY).await;
+        b.notify("mix", n as i32).unwrap();
+        let got_b = recv_n(&b, 2 * n, PROMPTLY).await;
+        assert!(values(got_a) == objects, "a: broadcasts differ");
+        let got_b = values(got_b);
+        assert!(got_b[..n] == objects[..], "b: broadcasts differ");
+        assert!(got_b[n..] == objects[..], "b: produced objects differ");
+        let late = creds.connect::<String>(addr, &["mix"]).await;
+        let retained = values(recv_n(&late, 1, PROMPTLY).await);
+        assert!(retained[0] == objects[n - 1], "the retained object differs");
+        relay.stop().await;
+    })
+    .await
+}

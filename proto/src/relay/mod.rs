@@ -25,6 +25,7 @@
 //!   keepalive is closed.
 
 mod config;
+mod shared;
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -35,6 +36,7 @@ use core::fmt;
 use core::time::Duration;
 
 pub use config::{DEFAULT_MAX_OBJECT, GroupLimits, Overflow, RelayConfig};
+pub use shared::SharedBytes;
 
 use crate::auth::{Role, Transcript};
 use crate::frame::{
@@ -60,7 +62,7 @@ pub enum Chunk {
     /// Bytes for this connection only.
     Owned(Vec<u8>),
     /// Bytes shared with other connections (a broadcast frame, a produced payload).
-    Shared(Arc<[u8]>),
+    Shared(SharedBytes),
 }
 
 impl core::ops::Deref for Chunk {
@@ -145,7 +147,7 @@ struct HelloInfo {
 struct InFlight {
     tag: u64,
     group: Arc<str>,
-    payload: Arc<[u8]>,
+    payload: SharedBytes,
 }
 
 /// Frames up to this size are copied into the receiving connection's output buffer (cheaper
@@ -162,7 +164,7 @@ const OUTPUT_BUFFER: usize = 16 * 1024;
 /// Output for one connection.
 enum Out<'a> {
     Bytes(&'a [u8]),
-    Shared(&'a Arc<[u8]>),
+    Shared(&'a SharedBytes),
 }
 
 /// The connections, with what output needs: which have output waiting (`dirty`), which went
@@ -269,7 +271,7 @@ impl Conns {
 #[derive(Debug)]
 enum Retained {
     Small(Vec<u8>),
-    Shared { head: Vec<u8>, payload: Arc<[u8]> },
+    Shared { head: Vec<u8>, payload: SharedBytes },
 }
 
 impl Retained {
@@ -313,7 +315,7 @@ struct Group {
     next_seq: u64,
     /// The last broadcast, with its sequence number.
     retained: Option<(u64, Retained)>,
-    queue: VecDeque<Arc<[u8]>>,
+    queue: VecDeque<SharedBytes>,
     /// Credit in the order it was granted: (connection, objects still wanted).
     grants: VecDeque<(ConnId, u32)>,
 }
@@ -427,6 +429,24 @@ impl RelayState {
     /// an error the connection is closing (see [`RelayEvent::Closing`]) and everything is
     /// reported consumed. Call it when bytes arrived: any call counts as a sign of life.
     pub fn handle_input(&mut self, now: Instant, conn: ConnId, buf: &[u8]) -> usize {
+        self.input(now, conn, buf, None)
+    }
+
+    /// [`handle_input`](Self::handle_input) for input the driver can hand over shared: a large
+    /// published payload is then shared as a range of `buf` instead of being copied out of it
+    /// (only when it is most of `buf`, so that a small object never keeps a large buffer
+    /// alive). Hand over a buffer that holds one large frame, as assembled from several reads.
+    pub fn handle_input_shared(&mut self, now: Instant, conn: ConnId, buf: &SharedBytes) -> usize {
+        self.input(now, conn, buf, Some(buf))
+    }
+
+    fn input(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        buf: &[u8],
+        source: Option<&SharedBytes>,
+    ) -> usize {
         // Bytes of a frame still arriving are a sign of life too: a large object on a slow link
         // must not look like silence (the endpoint cannot answer a `Ping` in the middle of a
         // frame). Before `Welcome` only the handshake deadline counts.
@@ -461,7 +481,7 @@ impl RelayState {
             c.last_rx = now;
             c.ping_sent = false;
             match frame::decode(&rest[..len]) {
-                Ok(f) => self.handle_frame(now, conn, f),
+                Ok(f) => self.handle_frame(now, conn, f, source),
                 Err(e) => {
                     self.protocol_error(conn, e);
                     return buf.len();
@@ -482,7 +502,13 @@ impl RelayState {
         self.close(conn, code, &e.to_string());
     }
 
-    fn handle_frame(&mut self, now: Instant, conn: ConnId, f: Frame<'_>) {
+    fn handle_frame(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        f: Frame<'_>,
+        source: Option<&SharedBytes>,
+    ) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -524,7 +550,7 @@ impl RelayState {
                 };
                 self.finish_handshake(now, conn, *hello, &p.mac);
             }
-            (Phase::Open, Frame::Publish(p)) => self.publish(conn, p),
+            (Phase::Open, Frame::Publish(p)) => self.publish(conn, p, source),
             (Phase::Open, Frame::Notify(n)) => {
                 if !c.groups.iter().any(|g| g == n.group) {
                     let detail = alloc::format!(
@@ -697,7 +723,7 @@ impl RelayState {
         }
     }
 
-    fn publish(&mut self, conn: ConnId, p: Publish<'_>) {
+    fn publish(&mut self, conn: ConnId, p: Publish<'_>, source: Option<&SharedBytes>) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -712,14 +738,17 @@ impl RelayState {
             return;
         }
         record.last_seq = p.seq;
-        // A produced (or large broadcast) payload is copied once out of the input buffer and
-        // shared from then on.
-        let mut shared: Option<Arc<[u8]>> = None;
+        // A produced (or large broadcast) payload is taken once out of the input (a range of
+        // it when the driver handed the input over shared, a copy otherwise) and shared from
+        // then on.
+        let mut shared: Option<SharedBytes> = None;
         for group in p.groups.iter().copied() {
             let result = match p.kind {
-                PublishKind::Broadcast => self.broadcast(group, p.payload, &mut shared),
+                PublishKind::Broadcast => self.broadcast(group, p.payload, source, &mut shared),
                 PublishKind::Produce => {
-                    let payload = shared.get_or_insert_with(|| Arc::from(p.payload)).clone();
+                    let payload = shared
+                        .get_or_insert_with(|| SharedBytes::take(p.payload, source))
+                        .clone();
                     self.produce(group, payload)
                 }
             };
@@ -754,7 +783,8 @@ impl RelayState {
         &mut self,
         name: &str,
         payload: &[u8],
-        shared: &mut Option<Arc<[u8]>>,
+        source: Option<&SharedBytes>,
+        shared: &mut Option<SharedBytes>,
     ) -> Result<(), RejectReason> {
         self.admit(name)?;
         self.stats.broadcasts += 1;
@@ -781,7 +811,9 @@ impl RelayState {
                 .encode_header(payload.len(), &mut buf)
                 .expect("the largest header fits");
             buf.truncate(n);
-            let payload = shared.get_or_insert_with(|| Arc::from(payload)).clone();
+            let payload = shared
+                .get_or_insert_with(|| SharedBytes::take(payload, source))
+                .clone();
             Retained::Shared { head: buf, payload }
         };
         for member in &group.members {
@@ -794,7 +826,7 @@ impl RelayState {
 
     /// Adds a produced object to the queue of `name` (its overflow policy applies) and
     /// dispatches.
-    fn produce(&mut self, name: &str, payload: Arc<[u8]>) -> Result<(), RejectReason> {
+    fn produce(&mut self, name: &str, payload: SharedBytes) -> Result<(), RejectReason> {
         let limits = self.admit(name)?.clone();
         let group = group_entry(&mut self.groups, name);
         if group.queue.len() >= limits.max_queue {
@@ -914,7 +946,7 @@ impl RelayState {
         }
     }
 
-    fn deliver_produced(&mut self, conn: ConnId, group: &str, payload: Arc<[u8]>) {
+    fn deliver_produced(&mut self, conn: ConnId, group: &str, payload: SharedBytes) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };

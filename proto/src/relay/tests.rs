@@ -27,6 +27,8 @@ struct Ep {
     error: Option<EpError>,
     /// Publish frames encoded and not yet given to the relay.
     outbox: Vec<Vec<u8>>,
+    /// (length, bytes of buffer kept alive) of each shared chunk the relay handed out for it.
+    shared_chunks: Vec<(usize, usize)>,
 }
 
 struct Net {
@@ -34,6 +36,8 @@ struct Net {
     eps: Vec<Ep>,
     now: Instant,
     nonce: u8,
+    /// Feed input with `handle_input_shared` (as the driver does with a large frame).
+    share_input: bool,
 }
 
 fn key() -> AuthKey {
@@ -53,6 +57,7 @@ impl Net {
             eps: Vec::new(),
             now: Instant::from_millis(1000),
             nonce: 0,
+            share_input: false,
         }
     }
 
@@ -82,6 +87,7 @@ impl Net {
             seen: Vec::new(),
             error: None,
             outbox: Vec::new(),
+            shared_chunks: Vec::new(),
         });
         let i = self.eps.len() - 1;
         self.connect(i);
@@ -156,7 +162,12 @@ impl Net {
             }
             if !bytes.is_empty() {
                 moved = true;
-                let used = self.relay.handle_input(now, conn, &bytes);
+                let used = if self.share_input {
+                    self.relay
+                        .handle_input_shared(now, conn, &SharedBytes::new(bytes.clone()))
+                } else {
+                    self.relay.handle_input(now, conn, &bytes)
+                };
                 assert_eq!(used, bytes.len(), "whole frames were fed");
             }
         }
@@ -167,6 +178,9 @@ impl Net {
             };
             while let Some(chunk) = self.relay.poll_transmit(conn) {
                 moved = true;
+                if let Chunk::Shared(shared) = &chunk {
+                    ep.shared_chunks.push((shared.len(), shared.retained()));
+                }
                 ep.inbox.extend_from_slice(&chunk);
                 self.relay.handle_written(conn, chunk.len());
             }
@@ -956,4 +970,56 @@ fn draining_uses_standing_credit_first() {
     net.produce(p, "q", b"e");
     net.drive();
     assert_eq!(net.seen(c), [], "the drain used the standing credit up");
+}
+
+/// Input handed over shared: a large payload is shared as a range of the input itself (no
+/// copy); a small one in the same input is copied out, so that it never keeps the large buffer
+/// alive; plain input is copied. What members receive is the same either way.
+#[test]
+fn shared_input_is_shared_where_large_and_copied_where_small() {
+    for share in [false, true] {
+        let mut net = Net::new();
+        net.share_input = share;
+        let sender = net.endpoint(&[]);
+        let member = net.endpoint(&["g"]);
+        net.drive();
+        net.notify(member, "g", 1);
+        net.drive();
+        let large = std::vec![9u8; 50_000];
+        let smaller = std::vec![1u8; 20_000];
+        // Both frames in one input: the produced payload is under half of it, the broadcast
+        // most of it (both are large enough to be shared between connections).
+        net.produce(sender, "g", &smaller);
+        net.broadcast(sender, "g", &large);
+        net.drive();
+        let seen = net.seen(member);
+        assert!(
+            seen.contains(&b("g", 1, &large)),
+            "{share}: the broadcast arrived"
+        );
+        assert_eq!(payloads(&seen), core::slice::from_ref(&smaller), "{share}");
+        let chunks = &net.eps[member].shared_chunks;
+        let produced = chunks
+            .iter()
+            .find(|(len, _)| *len == smaller.len())
+            .expect("produced chunk");
+        assert_eq!(
+            produced.1,
+            smaller.len(),
+            "{share}: a payload under half of the input is a copy of its own"
+        );
+        let broadcast = chunks
+            .iter()
+            .find(|(len, _)| *len == large.len())
+            .expect("broadcast chunk");
+        if share {
+            assert!(
+                broadcast.1 > large.len(),
+                "the payload is a range of the input ({} bytes kept)",
+                broadcast.1
+            );
+        } else {
+            assert_eq!(broadcast.1, large.len(), "plain input: a copy");
+        }
+    }
 }

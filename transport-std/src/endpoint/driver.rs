@@ -21,7 +21,7 @@ use tlsro_proto::endpoint::{Error as SessionError, Event as SessionEvent, Input,
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::state::{Item, Shared, State};
+use super::state::{Frame as OutFrame, Item, Payload, Shared, State};
 use super::{Backoff, Event, Status};
 use crate::busy_poll::BusyPoll;
 use crate::error::Error;
@@ -30,12 +30,20 @@ use crate::transport::{self, Failure, Heal, Link};
 /// Read granularity, and the size the read buffer shrinks back to after a large frame.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A delivered object at least this large (and most of the read buffer) is queued in the read
+/// buffer it arrived in, not copied out of it.
+const HAND_OVER: usize = 256 * 1024;
+
 /// Room for the control frames of one `poll_transmit` call (the largest is a `Hello` with 16
 /// groups of 64 bytes, about 1.1 KiB).
 const CONTROL_ROOM: usize = 4096;
 
 /// Publish frames gathered into one write, at most (at least one frame is always taken).
 const WRITE_BATCH: usize = 1024 * 1024;
+
+/// Publish frames this large are written from the outbox as they are, not gathered: the copy
+/// would cost more than the extra write call.
+const WRITE_DIRECT: usize = 64 * 1024;
 
 /// What the driver needs besides the shared state.
 pub(crate) struct DriverConfig {
@@ -201,7 +209,13 @@ impl Driver {
         let mut paused = false;
         loop {
             let plan = self.plan();
-            if !self.wbuf.is_empty() {
+            if plan.direct.is_some() || !self.wbuf.is_empty() {
+                // A large publish frame first, written from the outbox's own buffer, then what
+                // was gathered (control frames after it, as when everything is gathered).
+                let bufs: &[&[u8]] = match &plan.direct {
+                    Some(frame) => &[frame.bytes(), &self.wbuf],
+                    None => &[&self.wbuf],
+                };
                 // A stop waits no longer than its deadline, even for a relay that stopped
                 // reading (the stop may come while the write is stuck): what is not written by
                 // then is reported unconfirmed.
@@ -209,7 +223,7 @@ impl Driver {
                     // The write first: one the socket takes at once (the Close of a stop whose
                     // deadline has just passed, say) always goes out.
                     biased;
-                    written = write_all(&mut io, &self.wbuf, self.config.write_stall) => written,
+                    written = write_all(&mut io, bufs, self.config.write_stall) => written,
                     _ = stop_deadline_passed(&shared) => return Ok(()),
                 };
                 self.wbuf.clear();
@@ -298,6 +312,37 @@ impl Driver {
         while st.session.phase() != Phase::Closed {
             match st.session.handle_input(now, &self.rbuf[start..self.filled]) {
                 Ok(Input::NeedMore) => break,
+                Ok(Input::Frame {
+                    consumed,
+                    event:
+                        Some(SessionEvent::Delivered {
+                            group,
+                            delivery,
+                            payload,
+                        }),
+                }) if payload.len() >= HAND_OVER && payload.len() >= self.rbuf.len() / 2 => {
+                    // A large object is most of the read buffer: the buffer itself becomes the
+                    // queued item (copying the object out would cost more than a fresh buffer
+                    // for what follows it).
+                    let offset = payload.as_ptr() as usize - self.rbuf.as_ptr() as usize;
+                    let group = group.to_owned();
+                    let end = start + consumed;
+                    let leftover = self.filled - end;
+                    let mut next = vec![0; READ_CHUNK.max(leftover)];
+                    next[..leftover].copy_from_slice(&self.rbuf[end..self.filled]);
+                    let mut buf = std::mem::replace(&mut self.rbuf, next);
+                    buf.truncate(end);
+                    self.filled = leftover;
+                    start = 0;
+                    let generation = st.session.generation();
+                    st.inbox.push(Item {
+                        group,
+                        delivery,
+                        generation,
+                        payload: Payload::new(buf, offset),
+                    });
+                    delivered = true;
+                }
                 Ok(Input::Frame { consumed, event }) => {
                     start += consumed;
                     if let Some(event) = event {
@@ -326,7 +371,11 @@ impl Driver {
         };
         let want = need.min(self.config.max_frame as usize).max(READ_CHUNK);
         if self.rbuf.len() < want {
-            self.rbuf.resize(want, 0);
+            // A fresh zeroed buffer rather than `resize`: the allocator hands large ones out as
+            // zero pages from the OS, where `resize` would write every byte.
+            let mut grown = vec![0; want];
+            grown[..self.filled].copy_from_slice(&self.rbuf[..self.filled]);
+            self.rbuf = grown;
         } else if self.filled == 0 && self.rbuf.len() > 4 * READ_CHUNK {
             self.rbuf.truncate(READ_CHUNK);
             self.rbuf.shrink_to_fit();
@@ -357,9 +406,12 @@ impl Driver {
             }
         }
 
-        if matches!(st.session.phase(), Phase::Open | Phase::Closing) {
-            st.outbox.write_unsent(&mut self.wbuf, WRITE_BATCH);
-        }
+        let direct = if matches!(st.session.phase(), Phase::Open | Phase::Closing) {
+            st.outbox
+                .write_unsent(&mut self.wbuf, WRITE_BATCH, WRITE_DIRECT)
+        } else {
+            None
+        };
         loop {
             let len = self.wbuf.len();
             self.wbuf.resize(len + CONTROL_ROOM, 0);
@@ -404,6 +456,7 @@ impl Driver {
                 && st.inbox.bytes > shared.limits.max_queued,
             more_output,
             stop_deadline,
+            direct,
         }
     }
 
@@ -448,6 +501,8 @@ struct Plan {
     paused: bool,
     /// Publish frames are still unsent: come back without waiting.
     more_output: bool,
+    /// A large publish frame to write as it is, before `wbuf`.
+    direct: Option<OutFrame>,
     stop_deadline: Option<Instant>,
 }
 
@@ -480,7 +535,7 @@ fn on_event(ctl: &mut Control, shared: &Shared, st: &mut State, event: SessionEv
                 group: group.to_owned(),
                 delivery,
                 generation: st.session.generation(),
-                payload: payload.to_vec(),
+                payload: payload.into(),
             });
             true
         }
@@ -535,9 +590,10 @@ fn session_failure(error: Option<&SessionError>) -> Failure {
 }
 
 /// Writes all of `buf`, failing when the relay accepts nothing for `stall`.
+/// Writes every buffer of `bufs` in order, then flushes once.
 async fn write_all(
     io: &mut impl Write<Error = io::Error>,
-    mut buf: &[u8],
+    bufs: &[&[u8]],
     stall: Duration,
 ) -> io::Result<()> {
     let stalled = || {
@@ -546,12 +602,15 @@ async fn write_all(
             format!("the relay accepted no data for {stall:?}"),
         )
     };
-    while !buf.is_empty() {
-        match timeout(stall, io.write(buf)).await {
-            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(Ok(n)) => buf = &buf[n..],
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(stalled()),
+    for &buf in bufs {
+        let mut buf = buf;
+        while !buf.is_empty() {
+            match timeout(stall, io.write(buf)).await {
+                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => buf = &buf[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(stalled()),
+            }
         }
     }
     timeout(stall, io.flush()).await.map_err(|_| stalled())?

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tlsro_proto::endpoint::EndpointSession;
@@ -182,7 +182,35 @@ pub(crate) struct Item {
     pub(crate) delivery: Delivery,
     /// The session generation (connection) it arrived on.
     pub(crate) generation: u32,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: Payload,
+}
+
+/// The serialized object of an [`Item`]: `buf[start..]`. A large one is the read buffer it
+/// arrived in, handed over whole, so `start` skips the frame's header (and frames before it).
+#[derive(Debug)]
+pub(crate) struct Payload {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Payload {
+    pub(crate) fn new(buf: Vec<u8>, start: usize) -> Payload {
+        debug_assert!(start <= buf.len());
+        Payload { buf, start }
+    }
+}
+
+impl From<&[u8]> for Payload {
+    fn from(bytes: &[u8]) -> Payload {
+        Payload::new(bytes.to_vec(), 0)
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
 }
 
 /// The local receive queue.
@@ -227,8 +255,9 @@ impl Inbox {
 /// A publish frame kept until the relay confirms it.
 pub(crate) struct Outgoing {
     pub(crate) seq: u64,
-    /// The frame is `buf[start..]`: header then payload, encoded once.
-    pub(crate) buf: Vec<u8>,
+    /// The frame is `buf[start..]`: header then payload, encoded once. Shared so that the
+    /// driver can write a large frame from it without copying it (see `Outbox::write_unsent`).
+    pub(crate) buf: Arc<Vec<u8>>,
     pub(crate) start: usize,
     pub(crate) done: Option<oneshot::Sender<Result<(), PublishError>>>,
     pub(crate) rejections: Vec<Rejection>,
@@ -236,6 +265,18 @@ pub(crate) struct Outgoing {
 
 impl Outgoing {
     pub(crate) fn frame(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+/// A large publish frame handed to the driver to write as it is: `buf[start..]`.
+pub(crate) struct Frame {
+    buf: Arc<Vec<u8>>,
+    start: usize,
+}
+
+impl Frame {
+    pub(crate) fn bytes(&self) -> &[u8] {
         &self.buf[self.start..]
     }
 }
@@ -264,16 +305,34 @@ impl Outbox {
         self.next_to_send < self.entries.len()
     }
 
-    /// Appends unsent frames to `out`, in order, until `out` holds `batch` bytes (at least one
-    /// frame is appended when any is unsent).
-    pub(crate) fn write_unsent(&mut self, out: &mut Vec<u8>, batch: usize) {
+    /// Takes unsent frames, in order: appends small ones to `out` until it holds `batch`
+    /// bytes; when the next is at least `direct` bytes and `out` is empty, returns it instead,
+    /// shared, to be written as it is (gathering would copy it once more).
+    pub(crate) fn write_unsent(
+        &mut self,
+        out: &mut Vec<u8>,
+        batch: usize,
+        direct: usize,
+    ) -> Option<Frame> {
         while let Some(entry) = self.entries.get(self.next_to_send) {
-            if !out.is_empty() && out.len() + entry.frame().len() > batch {
+            let len = entry.frame().len();
+            if len >= direct {
+                if !out.is_empty() {
+                    break;
+                }
+                self.next_to_send += 1;
+                return Some(Frame {
+                    buf: entry.buf.clone(),
+                    start: entry.start,
+                });
+            }
+            if !out.is_empty() && out.len() + len > batch {
                 break;
             }
             out.extend_from_slice(entry.frame());
             self.next_to_send += 1;
         }
+        None
     }
 
     /// Everything must be sent again on the next connection.

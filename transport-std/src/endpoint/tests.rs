@@ -1478,3 +1478,68 @@ fn assert_send_sync() {
     check::<crate::blocking::Endpoint<u32>>();
     check::<Arc<Receipt>>();
 }
+
+/// Large objects are queued in the read buffer they arrived in and large publishes are written
+/// from the outbox without gathering: mixed with small frames in the same reads and writes,
+/// everything arrives whole and in order, and what follows a large frame in a read is kept.
+#[tokio::test]
+async fn large_and_small_objects_mixed_arrive_whole_and_in_order() {
+    let relay = FakeRelay::new().await;
+    let (endpoint, mut conn) = relay.connect::<Vec<u8>>(&["mix"]).await;
+    let big = |n: usize, fill: u8| vec![fill; n];
+    let objects: Vec<Vec<u8>> = vec![
+        big(10, 1),
+        big(700_000, 2),
+        big(3, 3),
+        big(300_000, 4),
+        big(600_000, 5),
+        big(20, 6),
+    ];
+
+    // Relay → endpoint: every frame in one write, so reads hold a large frame's end and what
+    // follows it.
+    let mut wire = Vec::new();
+    for (seq, object) in objects.iter().enumerate() {
+        wire.extend_from_slice(
+            &Frame::Deliver(Deliver {
+                group: "mix",
+                delivery: Delivery::Broadcast {
+                    seq: seq as u64 + 1,
+                },
+                payload: &postcard(object),
+            })
+            .to_vec(),
+        );
+    }
+    conn.send_raw(&wire).await;
+    let mut got = Vec::new();
+    while got.len() < objects.len() {
+        let items = bounded("pop", endpoint.pop(10, Wait::Forever))
+            .await
+            .unwrap();
+        got.extend(values(&items));
+    }
+    assert!(got == objects, "objects differ");
+    assert_eq!(endpoint.queued_bytes(), 0);
+
+    // Endpoint → relay: large publishes between small ones keep their order.
+    let receipts: Vec<_> = objects
+        .iter()
+        .map(|o| endpoint.broadcast(o, "mix").unwrap())
+        .collect();
+    for (i, object) in objects.iter().enumerate() {
+        let raw = conn.recv().await;
+        let Frame::Publish(p) = decode(&raw) else {
+            panic!("expected Publish")
+        };
+        assert_eq!(p.seq, i as u64 + 1);
+        assert!(p.payload == postcard(object), "publish {} differs", i + 1);
+    }
+    conn.send(&Frame::Confirm(Confirm {
+        up_to: objects.len() as u64,
+    }))
+    .await;
+    for r in receipts {
+        bounded("receipt", r.wait()).await.unwrap();
+    }
+}
