@@ -80,11 +80,15 @@ fn main() -> ExitCode {
         };
     }
     let mut builder = match cli.busy_poll {
-        Some(window) if !window.is_zero() => {
+        Some(window) if window.is_zero() => {
+            eprintln!("error: a busy-poll window of 0 would never spin");
+            return ExitCode::from(2);
+        }
+        Some(window) => {
             common::set_busy_poll(window);
             tokio::runtime::Builder::new_current_thread()
         }
-        _ => tokio::runtime::Builder::new_multi_thread(),
+        None => tokio::runtime::Builder::new_multi_thread(),
     };
     if let Some(n) = cli.threads {
         builder.worker_threads(n.max(1));

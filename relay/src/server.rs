@@ -212,6 +212,9 @@ struct ConnEntry {
 /// Frames at least this large are gathered as a [`LargeFrame`].
 const LARGE_FRAME: usize = 256 * 1024;
 
+/// Reads smaller than this are appended to a [`LargeFrame`]'s last read rather than kept apart.
+const SMALL_READ: usize = 4 * 1024;
+
 /// A large frame arriving over many reads. The reads are kept as they came and put together
 /// once, when the last one is in, into the buffer the core then shares the payload from
 /// ([`RelayState::handle_input_shared`]). Growing one buffer as the bytes come would copy them
@@ -226,6 +229,16 @@ struct LargeFrame {
 }
 
 impl LargeFrame {
+    fn push(&mut self, bytes: Vec<u8>) {
+        self.have += bytes.len();
+        match self.reads.last_mut() {
+            // Small reads (a peer trickling its frame) are joined onto the last one: each read
+            // kept as its own buffer would cost tens of bytes of bookkeeping per byte.
+            Some(last) if bytes.len() < SMALL_READ => last.extend_from_slice(&bytes),
+            _ => self.reads.push(bytes),
+        }
+    }
+
     /// The frame, and what the last read held beyond it.
     fn assemble(self) -> (Vec<u8>, Vec<u8>) {
         let mut frame = Vec::with_capacity(self.need);
@@ -316,8 +329,7 @@ impl Core {
             self.handle_bytes(now, conn, bytes);
             return;
         };
-        large.have += bytes.len();
-        large.reads.push(bytes);
+        large.push(bytes);
         if large.have < large.need {
             // Not whole yet: the core only learns that bytes arrived (a sign of life). It
             // consumes nothing of a partial frame unless the connection is closing.
@@ -496,6 +508,9 @@ impl Core {
                     self.push_output(conn);
                     if let Some(entry) = self.conns.get_mut(&conn) {
                         entry.closing = true;
+                        // Nothing more is read from it: what was partial is of no use.
+                        entry.pending = Vec::new();
+                        entry.large = None;
                         let _ = entry.writer.send(WriterMsg::Close);
                         let _ = entry.closing_signal.send(true);
                     }
@@ -850,6 +865,40 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A large frame trickled in one byte at a time costs about a byte per byte (not a buffer
+    /// per byte), large reads are kept as they are, and the frame and what follows it come out
+    /// whole.
+    #[test]
+    fn a_large_frame_gathers_reads_without_a_buffer_per_byte() {
+        let frame: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut large = LargeFrame {
+            need: frame.len(),
+            have: 0,
+            reads: Vec::new(),
+        };
+        large.push(frame[..100].to_vec());
+        for b in &frame[100..50_100] {
+            large.push(vec![*b]);
+        }
+        assert_eq!(large.reads.len(), 1, "single bytes are joined");
+        large.push(frame[50_100..150_100].to_vec());
+        large.push(frame[150_100..250_100].to_vec());
+        assert_eq!(large.reads.len(), 3, "large reads are kept as they are");
+        let mut last = frame[250_100..].to_vec();
+        last.extend_from_slice(b"next frame");
+        large.push(last);
+        assert!(large.have >= large.need);
+        let kept: usize = large.reads.iter().map(Vec::capacity).sum();
+        assert!(
+            kept < 3 * frame.len(),
+            "{kept} bytes kept for {}",
+            frame.len()
+        );
+        let (whole, rest) = large.assemble();
+        assert!(whole == frame, "the frame differs");
+        assert_eq!(rest, b"next frame");
+    }
 
     /// The ALPN protocols a client offers pick the configuration: small records when it offers
     /// `ALPN_SMALL_RECORDS`, the configuration as given otherwise (also without any ALPN).

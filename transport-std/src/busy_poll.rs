@@ -3,8 +3,9 @@
 //!
 //! Why: on virtual machines, a thread that sleeps in `epoll_wait` and is woken by a packet pays
 //! for its virtual CPU to be halted and restarted. On the 2-vCPU machine this project is
-//! measured on, two processes ping-ponging one byte over a Unix socket take 69 µs a round trip
-//! when they sleep and 4.6 µs when they spin; a round trip through a relay is four such wake-ups.
+//! measured on, two threads ping-ponging one byte over Unix sockets take 50–70 µs a round trip
+//! when they sleep and under 5 µs when they spin (`tlsro-bench wake`); a round trip through a
+//! relay is four such wake-ups.
 //! Linux's `busy_poll`, Aeron's idle strategies and DPDK make the same trade: CPU time for
 //! latency.
 //!
@@ -14,7 +15,10 @@
 //! with nothing seen, the task sleeps until the next activity: an idle process spins for at most
 //! the window. On a multi-thread runtime the other workers would still sleep, and the spinning
 //! task competes with them for cores (on two cores that made the tail latency worse, not
-//! better), so [`BusyPoll::start`] does nothing there.
+//! better), so [`BusyPoll::start`] refuses one with [`BusyPollError::MultiThread`].
+//!
+//! "Idle" means no reads or writes at all: a relay with thousands of endpoints sees keepalive
+//! traffic every few milliseconds and so spins nearly all the time.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -100,15 +104,18 @@ impl BusyPoll {
 
     /// Something was read or written: keep spinning for the window from now.
     pub fn activity(&self) {
-        self.shared.last.store(self.shared.now(), Ordering::Relaxed);
-        if self.shared.sleeping.swap(false, Ordering::AcqRel) {
+        // SeqCst here and in `spin`: each side stores, then loads what the other stores (the
+        // time, the sleeping flag). Weaker orderings let both loads see the old values, and the
+        // task would sleep through activity reported from another thread.
+        self.shared.last.store(self.shared.now(), Ordering::SeqCst);
+        if self.shared.sleeping.swap(false, Ordering::SeqCst) {
             self.shared.wake.notify_one();
         }
     }
 
     /// Whether the task is spinning now (false: asleep until the next activity).
     pub fn is_spinning(&self) -> bool {
-        !self.shared.sleeping.load(Ordering::Acquire)
+        !self.shared.sleeping.load(Ordering::SeqCst)
     }
 
     /// The window it spins for after each activity.
@@ -123,7 +130,7 @@ impl Shared {
     }
 
     fn within_window(&self) -> bool {
-        let since = self.now().saturating_sub(self.last.load(Ordering::Relaxed));
+        let since = self.now().saturating_sub(self.last.load(Ordering::SeqCst));
         u128::from(since) < self.window.as_nanos()
     }
 }
@@ -134,11 +141,11 @@ async fn spin(shared: Arc<Shared>) {
         while shared.within_window() {
             tokio::task::yield_now().await;
         }
-        shared.sleeping.store(true, Ordering::Release);
+        shared.sleeping.store(true, Ordering::SeqCst);
         // Activity reported between the check above and the store would otherwise be missed:
         // `activity` stores the time before it looks at `sleeping`.
         if shared.within_window() {
-            shared.sleeping.store(false, Ordering::Release);
+            shared.sleeping.store(false, Ordering::SeqCst);
             continue;
         }
         shared.wake.notified().await;

@@ -324,9 +324,23 @@ impl Driver {
                     // A large object is most of the read buffer: the buffer itself becomes the
                     // queued item (copying the object out would cost more than a fresh buffer
                     // for what follows it).
-                    let offset = payload.as_ptr() as usize - self.rbuf.as_ptr() as usize;
+                    let range = range_within(&self.rbuf, payload);
                     let group = group.to_owned();
+                    let generation = st.session.generation();
                     let end = start + consumed;
+                    let Some(range) = range else {
+                        // Not a part of the read buffer (cannot happen): a copy, as for others.
+                        let payload = payload.into();
+                        st.inbox.push(Item {
+                            group,
+                            delivery,
+                            generation,
+                            payload,
+                        });
+                        start = end;
+                        delivered = true;
+                        continue;
+                    };
                     let leftover = self.filled - end;
                     let mut next = vec![0; READ_CHUNK.max(leftover)];
                     next[..leftover].copy_from_slice(&self.rbuf[end..self.filled]);
@@ -334,12 +348,11 @@ impl Driver {
                     buf.truncate(end);
                     self.filled = leftover;
                     start = 0;
-                    let generation = st.session.generation();
                     st.inbox.push(Item {
                         group,
                         delivery,
                         generation,
-                        payload: Payload::new(buf, offset),
+                        payload: Payload::within(buf, range),
                     });
                     delivered = true;
                 }
@@ -504,6 +517,14 @@ struct Plan {
     /// A large publish frame to write as it is, before `wbuf`.
     direct: Option<OutFrame>,
     stop_deadline: Option<Instant>,
+}
+
+/// Where `part` lies within `outer`, if it does. Addresses are compared as integers: `part` is
+/// then only ever read through `outer`.
+fn range_within(outer: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= outer.len()).then_some(start..end)
 }
 
 /// Handles one session event under the lock. Returns whether an object was queued.

@@ -185,31 +185,39 @@ pub(crate) struct Item {
     pub(crate) payload: Payload,
 }
 
-/// The serialized object of an [`Item`]: `buf[start..]`. A large one is the read buffer it
-/// arrived in, handed over whole, so `start` skips the frame's header (and frames before it).
+/// The serialized object of an [`Item`]: `buf[range]`. A large one is the read buffer it
+/// arrived in, handed over whole, so the range skips the frame's header (and what else the
+/// buffer held).
 #[derive(Debug)]
 pub(crate) struct Payload {
     buf: Vec<u8>,
-    start: usize,
+    range: std::ops::Range<usize>,
 }
 
 impl Payload {
-    pub(crate) fn new(buf: Vec<u8>, start: usize) -> Payload {
-        debug_assert!(start <= buf.len());
-        Payload { buf, start }
+    /// `buf[range]`, keeping `buf` (the range is clamped to it).
+    pub(crate) fn within(buf: Vec<u8>, range: std::ops::Range<usize>) -> Payload {
+        let end = range.end.min(buf.len());
+        Payload {
+            range: range.start.min(end)..end,
+            buf,
+        }
     }
 }
 
 impl From<&[u8]> for Payload {
     fn from(bytes: &[u8]) -> Payload {
-        Payload::new(bytes.to_vec(), 0)
+        Payload {
+            buf: bytes.to_vec(),
+            range: 0..bytes.len(),
+        }
     }
 }
 
 impl std::ops::Deref for Payload {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.buf[self.start..]
+        &self.buf[self.range.clone()]
     }
 }
 
