@@ -206,8 +206,14 @@ struct ConnEntry {
     pending: Vec<u8>,
     /// A large frame not yet whole, as its reads came (`pending` is then empty).
     large: Option<LargeFrame>,
+    /// Bytes handed to the writer that it has not reported written.
+    in_writer: usize,
     closing: bool,
 }
+
+/// At most this much output is handed to a connection's writer ahead of what it wrote: enough
+/// to keep a socket busy between progress reports.
+const WRITER_WINDOW: usize = 4 * 1024 * 1024;
 
 /// Frames at least this large are gathered as a [`LargeFrame`].
 const LARGE_FRAME: usize = 256 * 1024;
@@ -455,12 +461,19 @@ impl Core {
                         closing_signal,
                         pending: Vec::new(),
                         large: None,
+                        in_writer: 0,
                         closing: false,
                     },
                 );
                 let _ = reply.send(id);
             }
-            CoreMsg::Written(conn, n) => self.state.handle_written(conn, n),
+            CoreMsg::Written(conn, n) => {
+                self.state.handle_written(conn, n);
+                if let Some(entry) = self.conns.get_mut(&conn) {
+                    entry.in_writer = entry.in_writer.saturating_sub(n);
+                }
+                self.push_output(conn, false);
+            }
             CoreMsg::Lost(conn) => self.lost(conn),
             CoreMsg::Stats(reply) => {
                 let _ = reply.send(self.state.stats().clone());
@@ -505,7 +518,7 @@ impl Core {
                         _ => warn!(conn = %conn, %peer, "closing: {by}{code}: {detail}"),
                     }
                     // Output queued before the Close frame is sent first (flushed below).
-                    self.push_output(conn);
+                    self.push_output(conn, true);
                     if let Some(entry) = self.conns.get_mut(&conn) {
                         entry.closing = true;
                         // Nothing more is read from it: what was partial is of no use.
@@ -518,7 +531,7 @@ impl Core {
             }
         }
         while let Some(conn) = self.state.poll_dirty() {
-            self.push_output(conn);
+            self.push_output(conn, false);
         }
     }
 
@@ -529,16 +542,24 @@ impl Core {
             .map_or_else(|| "?".to_owned(), |e| e.peer.to_string())
     }
 
-    fn push_output(&mut self, conn: ConnId) {
-        let Some(entry) = self.conns.get(&conn) else {
+    /// Hands `conn`'s output to its writer, up to [`WRITER_WINDOW`] bytes not yet written (all
+    /// of it with `all`: a closing connection's last frames). The rest waits in the core, where
+    /// the slow-consumer rule can drop it at once, and follows as the writer reports progress.
+    fn push_output(&mut self, conn: ConnId, all: bool) {
+        let Some(entry) = self.conns.get_mut(&conn) else {
             // Nobody will write it: drain so the state does not hold it.
             while self.state.poll_transmit(conn).is_some() {}
             return;
         };
-        while let Some(chunk) = self.state.poll_transmit(conn) {
-            if entry.closing {
-                continue;
-            }
+        if entry.closing {
+            while self.state.poll_transmit(conn).is_some() {}
+            return;
+        }
+        while all || entry.in_writer < WRITER_WINDOW {
+            let Some(chunk) = self.state.poll_transmit(conn) else {
+                break;
+            };
+            entry.in_writer += chunk.len();
             let _ = entry.writer.send(WriterMsg::Data(chunk));
         }
     }

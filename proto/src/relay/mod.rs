@@ -161,10 +161,16 @@ const DELIVER_HEAD_MAX: usize = frame::PREFIX_LEN + 1 + crate::MAX_GROUP_NAME + 
 /// An output buffer grows to this size before a new one is started.
 const OUTPUT_BUFFER: usize = 16 * 1024;
 
-/// Output for one connection.
+/// Output for one connection: whole frames, so that the slow-consumer rule never cuts one.
 enum Out<'a> {
+    /// One or more whole frames.
     Bytes(&'a [u8]),
-    Shared(&'a SharedBytes),
+    /// A frame's header and its payload: a small payload is copied after the header, a large
+    /// one shared (its chunk then always follows the chunk that ends with its header).
+    Frame {
+        head: &'a [u8],
+        payload: &'a SharedBytes,
+    },
 }
 
 /// The connections, with what output needs: which have output waiting (`dirty`), which went
@@ -209,22 +215,15 @@ impl Conns {
             return;
         }
         match out {
-            Out::Bytes(bytes) => {
-                c.backlog += bytes.len();
-                match c.out.back_mut() {
-                    Some(Chunk::Owned(buf)) if buf.len() + bytes.len() <= OUTPUT_BUFFER => {
-                        buf.extend_from_slice(bytes)
-                    }
-                    _ => {
-                        let mut buf = Vec::with_capacity(bytes.len().max(OUTPUT_BUFFER));
-                        buf.extend_from_slice(bytes);
-                        c.out.push_back(Chunk::Owned(buf));
-                    }
+            Out::Bytes(bytes) => append(c, bytes),
+            Out::Frame { head, payload } => {
+                append(c, head);
+                if payload.len() <= SMALL_FRAME {
+                    append(c, payload);
+                } else {
+                    c.backlog += payload.len();
+                    c.out.push_back(Chunk::Shared(payload.clone()));
                 }
-            }
-            Out::Shared(shared) => {
-                c.backlog += shared.len();
-                c.out.push_back(Chunk::Shared(shared.clone()));
             }
         }
         if !c.dirty {
@@ -232,7 +231,24 @@ impl Conns {
             self.dirty.push_back(conn);
         }
     }
+}
 
+/// Appends bytes to a connection's output, in its last buffer when there is room.
+fn append(c: &mut Conn, bytes: &[u8]) {
+    c.backlog += bytes.len();
+    match c.out.back_mut() {
+        Some(Chunk::Owned(buf)) if buf.len() + bytes.len() <= OUTPUT_BUFFER => {
+            buf.extend_from_slice(bytes)
+        }
+        _ => {
+            let mut buf = Vec::with_capacity(bytes.len().max(OUTPUT_BUFFER));
+            buf.extend_from_slice(bytes);
+            c.out.push_back(Chunk::Owned(buf));
+        }
+    }
+}
+
+impl Conns {
     /// Queues a broadcast frame for one member, or a `Skipped` notice when the frame exceeds
     /// the member's `max_frame`.
     fn broadcast(
@@ -251,8 +267,7 @@ impl Conns {
             match frame {
                 Retained::Small(bytes) => self.queue(conn, Out::Bytes(bytes)),
                 Retained::Shared { head, payload } => {
-                    self.queue(conn, Out::Bytes(head));
-                    self.queue(conn, Out::Shared(payload));
+                    self.queue(conn, Out::Frame { head, payload })
                 }
             }
             return;
@@ -969,13 +984,13 @@ impl RelayState {
             group: name,
             payload: payload.clone(),
         });
-        self.conns.queue(conn, Out::Bytes(&head[..n]));
-        let body = if payload.len() <= SMALL_FRAME {
-            Out::Bytes(&payload)
-        } else {
-            Out::Shared(&payload)
-        };
-        self.conns.queue(conn, body);
+        self.conns.queue(
+            conn,
+            Out::Frame {
+                head: &head[..n],
+                payload: &payload,
+            },
+        );
     }
 
     fn flush_confirm(&mut self, conn: ConnId) {
@@ -1000,10 +1015,14 @@ impl RelayState {
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
-            // What is still queued for it is dropped; the Close frame goes out alone.
-            let queued: usize = c.out.iter().map(|ch| ch.len()).sum();
-            c.backlog -= queued;
-            c.out.clear();
+            // What is still queued for it is dropped; the Close frame goes out alone. Only the
+            // rest of a frame already begun stays: a shared payload at the front follows a
+            // header the driver has taken (`Out::Frame`), and cutting it would garble the
+            // stream before the Close.
+            let keep = usize::from(matches!(c.out.front(), Some(Chunk::Shared(_))));
+            let dropped: usize = c.out.iter().skip(keep).map(|ch| ch.len()).sum();
+            c.backlog -= dropped;
+            c.out.truncate(keep);
             self.stats.slow_consumers += 1;
             let detail = alloc::format!("more than {} bytes waiting", self.config.outbound_limit);
             self.close(conn, CloseCode::SlowConsumer, &detail);

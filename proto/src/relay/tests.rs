@@ -1023,3 +1023,51 @@ fn shared_input_is_shared_where_large_and_copied_where_small() {
         }
     }
 }
+
+/// A slow consumer's queued output is dropped at its close, but never in the middle of a
+/// frame: when the driver has taken a large frame's header, its payload still goes out before
+/// the `Close`, and what the member gets decodes frame by frame.
+#[test]
+fn a_slow_consumer_is_never_cut_in_the_middle_of_a_frame() {
+    let mut net = Net::with(|c| c.outbound_limit = 100_000);
+    let sender = net.endpoint(&[]);
+    let slow = net.endpoint(&["g"]);
+    net.drive();
+    // From here on nobody reads the slow member's output but this test.
+    let conn = net.eps[slow].conn.take().unwrap();
+    let payload = std::vec![3u8; 30_000];
+    net.broadcast(sender, "g", &payload);
+    net.drive();
+    // The driver takes the chunk that ends with the frame's header, not yet its payload.
+    let mut wire = net.relay.poll_transmit(conn).unwrap().to_vec();
+    for _ in 0..6 {
+        net.broadcast(sender, "g", &payload);
+    }
+    net.drive();
+    assert_eq!(net.relay.stats().slow_consumers, 1);
+    while let Some(chunk) = net.relay.poll_transmit(conn) {
+        wire.extend_from_slice(&chunk);
+    }
+    let mut frames = Vec::new();
+    let mut rest = &wire[..];
+    while !rest.is_empty() {
+        let len = frame::frame_len(rest, u32::MAX)
+            .unwrap()
+            .expect("only whole frames");
+        frames.push(frame::decode(&rest[..len]).unwrap().kind());
+        rest = &rest[len..];
+    }
+    assert_eq!(
+        frames.last(),
+        Some(&frame::Kind::Close),
+        "the Close comes last: {frames:?}"
+    );
+    let delivered = frames
+        .iter()
+        .filter(|k| **k == frame::Kind::Deliver)
+        .count();
+    assert!(
+        (1..=4).contains(&delivered),
+        "the begun frame, and at most what fits the limit: {frames:?}"
+    );
+}
