@@ -204,7 +204,7 @@ fn summary(outcomes: &[(&str, Outcome)], n_conns: usize, security: &str, json: b
     let get = |name: &str| outcomes.iter().find(|(n, _)| *n == name).map(|(_, o)| o);
     let mut table = Table::new(
         format!(
-            "issue 4 targets ({security}, loopback; relay and endpoints in one process, except conns and the stalled-member runs)"
+            "issue 4 targets ({security}, loopback; relay and endpoints in one process, except conns, the stalled-member runs and the busy-polling round trips)"
         ),
         &["workload", "figure", "target", "status"],
     );
