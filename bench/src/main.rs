@@ -80,11 +80,11 @@ fn main() -> ExitCode {
         };
     }
     let mut builder = match cli.busy_poll {
-        Some(window) if window.is_zero() => {
-            eprintln!("error: a busy-poll window of 0 would never spin");
-            return ExitCode::from(2);
-        }
         Some(window) => {
+            if let Err(e) = tlsro::busy_poll::check_window(window) {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
             common::set_busy_poll(window);
             tokio::runtime::Builder::new_current_thread()
         }

@@ -94,7 +94,7 @@ pub struct RelayFileConfig {
     pub max_sessions: Option<usize>,
     /// Busy polling: spin this long after each read or write instead of sleeping
     /// ([`RelayBuilder::busy_poll`]). The `tlsro-relay` command then runs on one thread.
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(default, deserialize_with = "de_busy_poll")]
     pub busy_poll: Option<Duration>,
     /// The allow-list: when not empty, only these groups exist, with these limits.
     #[serde(default, deserialize_with = "de_groups")]
@@ -424,6 +424,9 @@ fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Dura
         }
 
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            if v < 0 {
+                return Err(E::custom(format!("a duration cannot be negative ({v})")));
+            }
             Err(E::custom(format!(
                 "a duration needs a unit: write for example \"{v}s\" or \"{v}ms\""
             )))
@@ -446,6 +449,15 @@ fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Dura
         ));
     }
     Ok(Some(duration))
+}
+
+/// `busy_poll`: a duration within [`tlsro::busy_poll::check_window`]'s bounds.
+fn de_busy_poll<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let window = de_duration(deserializer)?;
+    if let Some(w) = window {
+        tlsro::busy_poll::check_window(w).map_err(de::Error::custom)?;
+    }
+    Ok(window)
 }
 
 /// `[groups]`: at least one group when the table is there at all.
@@ -668,6 +680,8 @@ overflow = "reject"
         let builder = file.apply(crate::Relay::builder(b"pw".to_vec()));
         assert_eq!(builder.busy_poll_window(), Some(Duration::from_micros(150)));
         assert!(parse_err("busy_poll = \"0us\"").contains("never spin"));
+        assert!(parse_err("busy_poll = \"10s\"").contains("longer than"));
+        assert!(parse_err("busy_poll = -5").contains("negative"));
         assert!(parse_err("busy_poll = 200").contains("needs a unit"));
         assert_eq!(RelayFileConfig::default().busy_poll, None);
     }

@@ -84,10 +84,14 @@ struct RunArgs {
 }
 
 fn parse_window(text: &str) -> Result<std::time::Duration, String> {
-    let window = tlsro_relay::config::parse_duration(text)?;
-    if window.is_zero() {
-        return Err("a busy-poll window of 0 would never spin".to_owned());
+    if !text.is_empty() && text.trim().chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "{text:?} has no unit: write for example \"{}us\" (microseconds)",
+            text.trim()
+        ));
     }
+    let window = tlsro_relay::config::parse_duration(text)?;
+    tlsro::busy_poll::check_window(window).map_err(|e| e.to_string())?;
     Ok(window)
 }
 

@@ -403,6 +403,9 @@ impl Core {
     /// (its `Close` answered, say) still goes out: the writer closes the socket when done.
     fn reader_ended(&mut self, conn: ConnId) {
         self.flush();
+        // All of it, not just a writer's window: the state forgets the rest when it learns the
+        // connection is lost (below).
+        self.push_output(conn, true);
         let Some(entry) = self.conns.get_mut(&conn) else {
             return;
         };

@@ -691,7 +691,7 @@ impl Drop for KillOnDrop {
 }
 
 #[test]
-fn run_with_busy_poll_serves_on_one_thread_and_refuses_a_zero_window() {
+fn run_with_busy_poll_serves_on_one_thread_and_refuses_bad_windows() {
     let home = TempDir::new("run-busy-poll");
     let mut cmd = command(
         home.path(),
@@ -735,6 +735,32 @@ fn run_with_busy_poll_serves_on_one_thread_and_refuses_a_zero_window() {
     });
     drop(relay);
 
+    // Zero, absurdly long (a wrong unit, most likely) and unit-less windows are refused.
+    for (window, says) in [
+        ("0us", "never spin"),
+        ("999999m", "longer than"),
+        ("200", "has no unit"),
+    ] {
+        let mut cmd = command(
+            home.path(),
+            &[
+                "run",
+                "--plain",
+                "--listen",
+                "127.0.0.1:0",
+                "--busy-poll",
+                window,
+            ],
+        );
+        cmd.env("TLSRO_PASSWORD", "s3cret");
+        let run = finish(cmd);
+        assert_eq!(run.status.code(), Some(2), "{window}: {}", run.stdout);
+        assert!(run.stderr.contains(says), "{window}: {}", run.stderr);
+        assert!(!run.stdout.contains(LISTENING_PREFIX));
+    }
+    // In the file too.
+    let config = home.path().join("relay.toml");
+    std::fs::write(&config, "busy_poll = \"10s\"\n").unwrap();
     let mut cmd = command(
         home.path(),
         &[
@@ -742,13 +768,13 @@ fn run_with_busy_poll_serves_on_one_thread_and_refuses_a_zero_window() {
             "--plain",
             "--listen",
             "127.0.0.1:0",
-            "--busy-poll",
-            "0us",
+            "--config",
+            config.to_str().unwrap(),
         ],
     );
     cmd.env("TLSRO_PASSWORD", "s3cret");
     let run = finish(cmd);
-    assert_eq!(run.status.code(), Some(2), "{}", run.stdout);
-    assert!(run.stderr.contains("never spin"), "{}", run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stdout);
+    assert!(run.stderr.contains("longer than"), "{}", run.stderr);
     assert!(!run.stdout.contains(LISTENING_PREFIX));
 }

@@ -2066,7 +2066,7 @@ impl Drop for TempCreds {
 }
 
 #[tokio::test]
-async fn hostile_bytes_at_the_tls_port() {
+async fn bytes_at_the_tls_port() {
     let (logs, _guard) = Logs::capture();
     bounded(async {
         let creds = TempCreds::generate();
@@ -2797,6 +2797,411 @@ async fn a_connection_lost_mid_frame_is_logged_as_such() {
             );
         }
         assert_eq!(relay.stats().await.broadcasts, 0);
+        assert_still_serving(addr).await;
+        relay.stop().await;
+    })
+    .await
+}
+
+/// a consumer with credit for small produced objects (2000 bytes) stops reading and
+/// then falls behind on broadcasts: it is closed as a slow consumer. When it reads again it
+/// must get whole frames and then a `Close` "slow consumer", never half a frame.
+#[tokio::test]
+async fn a_slow_consumer_of_small_objects_reads_whole_frames_then_close() {
+    let (_logs, _guard) = Logs::capture();
+    bounded(async {
+        let relay = plain_relay(|c| c.outbound_limit = 16 << 20).await;
+        let addr = relay.local_addr();
+        let mut consumer = Raw::connect(addr).await;
+        consumer.open(&["g"], 4 << 20).await;
+        consumer.send(&notify("g", i32::MAX)).await;
+        consumer.send(&raw_frame(0x06, &[])).await;
+        consumer
+            .until("pong", |f| matches!(f, Frame::Pong).then_some(()))
+            .await;
+        // From here the consumer does not read.
+        let mut producer = Raw::connect(addr).await;
+        producer.open(&[], 4096).await;
+        let mut seq = 0;
+        for _ in 0..12 {
+            let mut batch = Vec::new();
+            for _ in 0..500 {
+                seq += 1;
+                batch.extend(publish(seq, PublishKind::Produce, &["g"], &[7u8; 2000]));
+            }
+            assert!(producer.send(&batch).await);
+        }
+        sleep(QUIET).await;
+        for _ in 0..20 {
+            seq += 1;
+            let frame = publish(seq, PublishKind::Broadcast, &["g"], &vec![9u8; 512 * 1024]);
+            assert!(producer.send(&frame).await);
+        }
+        let deadline = Instant::now() + PROMPTLY;
+        while relay.stats().await.slow_consumers == 0 {
+            assert!(Instant::now() < deadline, "no slow consumer");
+            sleep(Duration::from_millis(20)).await;
+        }
+        // The consumer reads again: whole frames, then the Close.
+        let mut kinds = Vec::new();
+        let end = within("the consumer reads to the end", PROMPTLY, async {
+            while let Some(bytes) = consumer.next_frame().await {
+                match frame::decode(&bytes) {
+                    Ok(Frame::Close(c)) => return Some((c.code, c.detail.to_owned())),
+                    Ok(f) => kinds.push(f.kind()),
+                    Err(e) => panic!(
+                        "garbage after {} whole frames: {e} (a frame of {} bytes starting {:02x?})",
+                        kinds.len(),
+                        bytes.len(),
+                        &bytes[..bytes.len().min(16)]
+                    ),
+                }
+            }
+            None
+        })
+        .await;
+        let (code, detail) = end.unwrap_or_else(|| {
+            panic!(
+                "the stream ended without a Close after {} frames ({} bytes left over)",
+                kinds.len(),
+                consumer.buf.len()
+            )
+        });
+        assert_eq!(code, CloseCode::SlowConsumer, "{detail}");
+        assert_still_serving(addr).await;
+        relay.stop().await;
+    })
+    .await
+}
+
+/// output caused by what a peer sent before half-closing still goes out (the relay's
+/// own rule, `reader_ended`): here its own large broadcasts echoed back, and the `Confirm`.
+#[tokio::test]
+async fn half_close_after_more_than_the_writer_window_of_output() {
+    let (_logs, _guard) = Logs::capture();
+    bounded(async {
+        let relay = plain_relay(|_| {}).await;
+        let addr = relay.local_addr();
+        let mut raw = Raw::connect(addr).await;
+        raw.open(&["echo"], 16 << 20).await;
+        let mut burst = Vec::new();
+        for seq in 1..=3 {
+            burst.extend(publish(
+                seq,
+                PublishKind::Broadcast,
+                &["echo"],
+                &vec![1u8; 2 << 20],
+            ));
+        }
+        assert!(raw.send(&burst).await);
+        let _ = raw.io.shutdown().await;
+        let mut delivered = 0;
+        let mut confirmed = 0;
+        within("until EOF", PROMPTLY, async {
+            while let Some(bytes) = raw.next_frame().await {
+                match frame::decode(&bytes) {
+                    Ok(Frame::Deliver(_)) => delivered += 1,
+                    Ok(Frame::Confirm(c)) => confirmed = c.up_to,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        assert_eq!(relay.stats().await.broadcasts, 3);
+        assert_eq!(
+            (delivered, confirmed),
+            (3, 3),
+            "deliveries and confirm after half-close"
+        );
+        relay.stop().await;
+    })
+    .await
+}
+
+/// a large frame and, in the same write, a bad one: the large one is handled, the bad
+/// one closes with its own reason.
+#[tokio::test]
+async fn a_large_frame_then_a_bad_one_in_the_same_write() {
+    let (logs, _guard) = Logs::capture();
+    bounded(async {
+        let relay = plain_relay(|c| c.max_frame = 4 << 20).await;
+        let addr = relay.local_addr();
+        let cases: [(&str, Vec<u8>, CloseCode, &str); 4] = [
+            (
+                "unknown kind",
+                raw_frame(0x99, &[1, 2, 3]),
+                CloseCode::ProtocolViolation,
+                "unknown frame kind 0x99",
+            ),
+            (
+                "oversize",
+                vec![0, 0x50, 0, 0, 0x10],
+                CloseCode::FrameTooLarge,
+                "exceeds the limit of 4194304 bytes",
+            ),
+            (
+                "zero length",
+                vec![0, 0, 0, 0],
+                CloseCode::ProtocolViolation,
+                "zero",
+            ),
+            (
+                "oversize after a large gathered frame and a second large one",
+                {
+                    let mut v = publish(2, PublishKind::Broadcast, &["big"], &vec![4u8; 300_000]);
+                    v.extend([0xff, 0xff, 0xff, 0xff, 0x10]);
+                    v
+                },
+                CloseCode::FrameTooLarge,
+                "frame of 4294967299 bytes",
+            ),
+        ];
+        for (what, bad, code, log) in cases {
+            let mut raw = Raw::connect(addr).await;
+            raw.open(&["big"], 16 << 20).await;
+            let mut bytes = publish(1, PublishKind::Broadcast, &["big"], &vec![3u8; 1 << 20]);
+            bytes.extend(&bad);
+            assert!(raw.send(&bytes).await, "{what}");
+            let mut got = Vec::new();
+            let end = within(what, PROMPTLY, async {
+                while let Some(b) = raw.next_frame().await {
+                    match frame::decode(&b) {
+                        Ok(Frame::Close(c)) => return Some((c.code, c.detail.to_owned())),
+                        Ok(f) => got.push(f.kind()),
+                        Err(e) => panic!("{what}: garbage {e}"),
+                    }
+                }
+                None
+            })
+            .await;
+            let (c, detail) = end.unwrap_or_else(|| panic!("{what}: no Close after {got:?}"));
+            assert_eq!(c, code, "{what}: {detail} after {got:?}");
+            logs.expect(log).await;
+            assert!(
+                got.contains(&frame::Kind::Deliver),
+                "{what}: the large frame went through: {got:?}"
+            );
+        }
+        assert_still_serving(addr).await;
+        relay.stop().await;
+    })
+    .await
+}
+
+/// two large frames and a small one in one write, the second large one starting in
+/// the read that ends the first.
+#[tokio::test]
+async fn back_to_back_large_frames_in_one_write() {
+    let (_logs, _guard) = Logs::capture();
+    bounded(async {
+        let relay = plain_relay(|_| {}).await;
+        let addr = relay.local_addr();
+        let mut rx = Raw::connect(addr).await;
+        rx.open(&["bb"], 16 << 20).await;
+        let mut tx = Raw::connect(addr).await;
+        tx.open(&[], 4096).await;
+        let sizes = [300_000usize, 1 << 20, 10, 262_140, 262_150, 5];
+        let mut bytes = Vec::new();
+        for (i, n) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..*n).map(|j| (j * 7 + i) as u8).collect();
+            bytes.extend(publish(
+                i as u64 + 1,
+                PublishKind::Broadcast,
+                &["bb"],
+                &payload,
+            ));
+        }
+        assert!(tx.send(&bytes).await);
+        for (i, n) in sizes.iter().enumerate() {
+            let (_, _, payload) = rx
+                .until("delivery", |f| match f {
+                    Frame::Deliver(d) => Some((d.group.to_owned(), d.delivery, d.payload.to_vec())),
+                    _ => None,
+                })
+                .await;
+            let want: Vec<u8> = (0..*n).map(|j| (j * 7 + i) as u8).collect();
+            assert!(
+                payload == want,
+                "payload {i} differs ({} vs {n} bytes)",
+                payload.len()
+            );
+        }
+        relay.stop().await;
+    })
+    .await
+}
+
+/// a 16 MiB frame cut off at every interesting point: the relay logs the cut, handles
+/// nothing of it, and keeps serving.
+#[tokio::test]
+async fn a_16_mib_frame_cut_at_every_point() {
+    let (logs, _guard) = Logs::capture();
+    bounded(async {
+        let relay = plain_relay(|_| {}).await;
+        let addr = relay.local_addr();
+        let frame = publish(1, PublishKind::Broadcast, &["cut"], &vec![5u8; 16 << 20]);
+        let len = frame.len();
+        for sent in [4, 5, 64 * 1024, 256 * 1024, len / 2, len - 1] {
+            let mut raw = Raw::connect(addr).await;
+            raw.open(&[], 4096).await;
+            // Trickle the start, then the rest in one go.
+            let head = sent.min(100);
+            for b in &frame[..head] {
+                assert!(raw.send(std::slice::from_ref(b)).await);
+            }
+            assert!(raw.send(&frame[head..sent]).await);
+            drop(raw);
+            logs.expect(&format!("({sent} of {len} bytes)")).await;
+        }
+        assert_eq!(relay.stats().await.broadcasts, 0);
+        assert_still_serving(addr).await;
+        relay.stop().await;
+    })
+    .await
+}
+
+/// stop() while several 16 MiB frames are half gathered returns promptly and every
+/// connection gets its Close "relay shutting down".
+#[tokio::test]
+async fn stop_while_large_frames_are_gathered() {
+    let (_logs, _guard) = Logs::capture();
+    bounded(async {
+        let relay = plain_relay(|_| {}).await;
+        let addr = relay.local_addr();
+        let frame = publish(1, PublishKind::Broadcast, &["g"], &vec![5u8; 16 << 20]);
+        let mut raws = Vec::new();
+        for _ in 0..4 {
+            let mut raw = Raw::connect(addr).await;
+            raw.open(&[], 4096).await;
+            assert!(raw.send(&frame[..frame.len() / 2]).await);
+            raws.push(raw);
+        }
+        sleep(QUIET).await;
+        let t = Instant::now();
+        within("stop", Duration::from_secs(4), relay.stop()).await;
+        eprintln!("stop took {:?}", t.elapsed());
+        for mut raw in raws {
+            let end = raw.until_closed("closed at stop", PROMPTLY).await;
+            assert_eq!(end.code(), Some(CloseCode::Shutdown), "{end:?}");
+        }
+        assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+    })
+    .await
+}
+
+/// a large broadcast and a large produce (gathered) to a group whose members have a
+/// small max_frame: Skipped notices; the produced object waits for a consumer it fits.
+#[tokio::test]
+async fn large_publishes_to_small_members() {
+    let (_logs, _guard) = Logs::capture();
+    bounded(async {
+        let relay = plain_relay(|_| {}).await;
+        let addr = relay.local_addr();
+        let mut small = Raw::connect(addr).await;
+        small.open(&["sm"], 4096).await;
+        small.send(&notify("sm", 5)).await;
+        let mut tx = Raw::connect(addr).await;
+        tx.open(&[], 4096).await;
+        let mut bytes = publish(1, PublishKind::Broadcast, &["sm"], &vec![1u8; 1 << 20]);
+        bytes.extend(publish(
+            2,
+            PublishKind::Produce,
+            &["sm"],
+            &vec![2u8; 1 << 20],
+        ));
+        bytes.extend(publish(3, PublishKind::Produce, &["sm"], b"tiny"));
+        // Trickled in odd-sized pieces.
+        for piece in bytes.chunks(4095) {
+            assert!(tx.send(piece).await);
+        }
+        let size = small
+            .until("skipped", |f| match f {
+                Frame::Skipped(s) => Some(s.size),
+                _ => None,
+            })
+            .await;
+        assert!(size as usize > 1 << 20);
+        let p = small
+            .until("tiny", |f| match f {
+                Frame::Deliver(d) => Some(d.payload.to_vec()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(p, b"tiny");
+        let mut big = Raw::connect(addr).await;
+        big.open(&["sm"], 4 << 20).await;
+        big.send(&notify("sm", 1)).await;
+        let p = big
+            .until("large produced", |f| match f {
+                Frame::Deliver(d) if matches!(d.delivery, Delivery::Produced { .. }) => {
+                    Some(d.payload.to_vec())
+                }
+                _ => None,
+            })
+            .await;
+        assert!(p == vec![2u8; 1 << 20]);
+        assert_still_serving(addr).await;
+        relay.stop().await;
+    })
+    .await
+}
+
+/// one member never reads (its writer window never drains) while another reads at
+/// full speed; the stuck one is closed as a slow consumer and, reading again, gets whole
+/// frames and the Close; the reader gets everything.
+#[tokio::test]
+async fn a_stuck_writer_window_beside_a_full_speed_reader() {
+    let (_logs, _guard) = Logs::capture();
+    bounded(async {
+        let relay = plain_relay(|c| c.outbound_limit = 12 << 20).await;
+        let addr = relay.local_addr();
+        let mut stuck = Raw::connect(addr).await;
+        stuck.open(&["tp"], 4 << 20).await;
+        let mut reader = Raw::connect(addr).await;
+        reader.open(&["tp"], 4 << 20).await;
+        let mut tx = Raw::connect(addr).await;
+        tx.open(&[], 4096).await;
+        const N: usize = 60;
+        let started = Instant::now();
+        // Paced: the reader is never more than two objects behind.
+        for i in 0..N {
+            let payload = vec![i as u8; (1 << 20) + i * 3];
+            assert!(
+                tx.send(&publish(
+                    i as u64 + 1,
+                    PublishKind::Broadcast,
+                    &["tp"],
+                    &payload
+                ))
+                .await
+            );
+            let p = reader
+                .until("delivery", |f| match f {
+                    Frame::Deliver(d) => Some(d.payload.to_vec()),
+                    Frame::Close(c) => panic!("reader closed: {:?} {}", c.code, c.detail),
+                    _ => None,
+                })
+                .await;
+            assert!(
+                p.len() == (1 << 20) + i * 3 && p.iter().all(|b| *b == i as u8),
+                "delivery {i}"
+            );
+        }
+        eprintln!("{N} MiB to the reader in {:?}", started.elapsed());
+        assert_eq!(relay.stats().await.slow_consumers, 1);
+        let mut n = 0;
+        let end = within("stuck reads", PROMPTLY, async {
+            while let Some(b) = stuck.next_frame().await {
+                match frame::decode(&b) {
+                    Ok(Frame::Close(c)) => return Some(c.code),
+                    Ok(_) => n += 1,
+                    Err(e) => panic!("garbage after {n}: {e}"),
+                }
+            }
+            None
+        })
+        .await;
+        assert_eq!(end, Some(CloseCode::SlowConsumer), "after {n} frames");
         assert_still_serving(addr).await;
         relay.stop().await;
     })

@@ -36,8 +36,11 @@ pub struct BusyPoll {
     _task: Arc<AbortOnDrop>,
 }
 
+/// `Shared::last` before any activity.
+const NEVER: u64 = u64::MAX;
+
 struct Shared {
-    /// When activity was last reported, in nanoseconds since `base`.
+    /// When activity was last reported, in nanoseconds since `base` ([`NEVER`]: not yet).
     last: AtomicU64,
     base: Instant,
     window: Duration,
@@ -70,6 +73,27 @@ pub enum BusyPollError {
     /// A window of zero would never spin.
     #[error("a busy-poll window of 0 would never spin")]
     ZeroWindow,
+    /// A window longer than [`MAX_WINDOW`]: it would only burn CPU (past a few milliseconds a
+    /// wake-up costs nothing in comparison), and is most likely a wrong unit.
+    #[error(
+        "a busy-poll window of {0:?} is longer than the {MAX_WINDOW:?} allowed (it would spin a core \
+         for nothing; windows of 50-500 µs are the useful ones)"
+    )]
+    TooLong(Duration),
+}
+
+/// The longest busy-poll window accepted.
+pub const MAX_WINDOW: Duration = Duration::from_millis(100);
+
+/// Checks a busy-poll window: not zero, at most [`MAX_WINDOW`].
+pub fn check_window(window: Duration) -> Result<(), BusyPollError> {
+    if window.is_zero() {
+        Err(BusyPollError::ZeroWindow)
+    } else if window > MAX_WINDOW {
+        Err(BusyPollError::TooLong(window))
+    } else {
+        Ok(())
+    }
 }
 
 impl BusyPoll {
@@ -77,9 +101,7 @@ impl BusyPoll {
     /// reported activity. The runtime must be a current-thread one (or a multi-thread one with
     /// a single worker).
     pub fn start(window: Duration) -> Result<BusyPoll, BusyPollError> {
-        if window.is_zero() {
-            return Err(BusyPollError::ZeroWindow);
-        }
+        check_window(window)?;
         let handle = Handle::try_current().map_err(|_| BusyPollError::NoRuntime)?;
         // A multi-thread runtime with one worker behaves like a current-thread one here (the
         // blocking endpoint's runtime is one).
@@ -89,7 +111,7 @@ impl BusyPoll {
             return Err(BusyPollError::MultiThread);
         }
         let shared = Arc::new(Shared {
-            last: AtomicU64::new(0),
+            last: AtomicU64::new(NEVER),
             base: Instant::now(),
             window,
             sleeping: AtomicBool::new(false),
@@ -130,8 +152,9 @@ impl Shared {
     }
 
     fn within_window(&self) -> bool {
-        let since = self.now().saturating_sub(self.last.load(Ordering::SeqCst));
-        u128::from(since) < self.window.as_nanos()
+        let last = self.last.load(Ordering::SeqCst);
+        // Before the first activity there is nothing to spin for.
+        last != NEVER && u128::from(self.now().saturating_sub(last)) < self.window.as_nanos()
     }
 }
 
@@ -190,10 +213,17 @@ mod tests {
         settle(&poll, false).await;
     }
 
+    /// Started and never told of activity, it does not spin.
+    #[tokio::test]
+    async fn no_activity_no_spinning() {
+        let poll = BusyPoll::start(MAX_WINDOW).unwrap();
+        settle(&poll, false).await;
+    }
+
     /// While it spins, other tasks on the same thread still run and timers still fire.
     #[tokio::test]
     async fn other_tasks_run_while_it_spins() {
-        let poll = BusyPoll::start(Duration::from_secs(60)).unwrap();
+        let poll = BusyPoll::start(MAX_WINDOW).unwrap();
         poll.activity();
         let started = Instant::now();
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -222,12 +252,17 @@ mod tests {
             .unwrap();
         let err = rt.block_on(async { BusyPoll::start(Duration::ZERO).unwrap_err() });
         assert_eq!(err, BusyPollError::ZeroWindow);
+        let long = Duration::from_secs(60);
+        let err = rt.block_on(async { BusyPoll::start(long).unwrap_err() });
+        assert_eq!(err, BusyPollError::TooLong(long));
+        assert!(err.to_string().contains("longer than"), "{err}");
+        assert!(rt.block_on(async { BusyPoll::start(MAX_WINDOW) }).is_ok());
     }
 
     /// The task ends when the last handle is dropped.
     #[tokio::test]
     async fn the_task_ends_with_the_last_handle() {
-        let poll = BusyPoll::start(Duration::from_secs(60)).unwrap();
+        let poll = BusyPoll::start(MAX_WINDOW).unwrap();
         let weak = Arc::downgrade(&poll.shared);
         poll.activity();
         let clone = poll.clone();

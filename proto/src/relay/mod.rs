@@ -215,15 +215,14 @@ impl Conns {
             return;
         }
         match out {
-            Out::Bytes(bytes) => append(c, bytes),
+            Out::Bytes(bytes) => append(c, &[bytes]),
+            Out::Frame { head, payload } if payload.len() <= SMALL_FRAME => {
+                append(c, &[head, payload])
+            }
             Out::Frame { head, payload } => {
-                append(c, head);
-                if payload.len() <= SMALL_FRAME {
-                    append(c, payload);
-                } else {
-                    c.backlog += payload.len();
-                    c.out.push_back(Chunk::Shared(payload.clone()));
-                }
+                append(c, &[head]);
+                c.backlog += payload.len();
+                c.out.push_back(Chunk::Shared(payload.clone()));
             }
         }
         if !c.dirty {
@@ -233,17 +232,21 @@ impl Conns {
     }
 }
 
-/// Appends bytes to a connection's output, in its last buffer when there is room.
-fn append(c: &mut Conn, bytes: &[u8]) {
-    c.backlog += bytes.len();
-    match c.out.back_mut() {
-        Some(Chunk::Owned(buf)) if buf.len() + bytes.len() <= OUTPUT_BUFFER => {
-            buf.extend_from_slice(bytes)
-        }
-        _ => {
-            let mut buf = Vec::with_capacity(bytes.len().max(OUTPUT_BUFFER));
-            buf.extend_from_slice(bytes);
-            c.out.push_back(Chunk::Owned(buf));
+/// Appends the pieces of whole frames (or of a header whose shared payload follows) to a
+/// connection's output, all in its last buffer when there is room, else all in a new one: a
+/// buffer never ends inside a frame except just before a shared payload, so the slow-consumer
+/// drop can cut between buffers.
+fn append(c: &mut Conn, pieces: &[&[u8]]) {
+    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    c.backlog += len;
+    let fits = matches!(c.out.back(), Some(Chunk::Owned(buf)) if buf.len() + len <= OUTPUT_BUFFER);
+    if !fits {
+        c.out
+            .push_back(Chunk::Owned(Vec::with_capacity(len.max(OUTPUT_BUFFER))));
+    }
+    if let Some(Chunk::Owned(buf)) = c.out.back_mut() {
+        for piece in pieces {
+            buf.extend_from_slice(piece);
         }
     }
 }
