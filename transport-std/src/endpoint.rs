@@ -441,7 +441,7 @@ impl<T: Serialize, C: Codec> Endpoint<T, C> {
             buf.copy_within(..header_len, start);
             st.outbox.push(Outgoing {
                 seq,
-                buf: Arc::new(buf),
+                buf: buf.into(),
                 start,
                 done: Some(tx),
                 rejections: Vec::new(),

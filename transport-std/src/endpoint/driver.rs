@@ -41,10 +41,6 @@ const CONTROL_ROOM: usize = 4096;
 /// Publish frames gathered into one write, at most (at least one frame is always taken).
 const WRITE_BATCH: usize = 1024 * 1024;
 
-/// Publish frames this large are written from the outbox as they are, not gathered: the copy
-/// would cost more than the extra write call.
-const WRITE_DIRECT: usize = 64 * 1024;
-
 /// What the driver needs besides the shared state.
 pub(crate) struct DriverConfig {
     pub(crate) addr: String,
@@ -420,8 +416,7 @@ impl Driver {
         }
 
         let direct = if matches!(st.session.phase(), Phase::Open | Phase::Closing) {
-            st.outbox
-                .write_unsent(&mut self.wbuf, WRITE_BATCH, WRITE_DIRECT)
+            st.outbox.write_unsent(&mut self.wbuf, WRITE_BATCH)
         } else {
             None
         };

@@ -263,9 +263,8 @@ impl Inbox {
 /// A publish frame kept until the relay confirms it.
 pub(crate) struct Outgoing {
     pub(crate) seq: u64,
-    /// The frame is `buf[start..]`: header then payload, encoded once. Shared so that the
-    /// driver can write a large frame from it without copying it (see `Outbox::write_unsent`).
-    pub(crate) buf: Arc<Vec<u8>>,
+    /// The frame is `buf[start..]`: header then payload, encoded once.
+    pub(crate) buf: FrameBuf,
     pub(crate) start: usize,
     pub(crate) done: Option<oneshot::Sender<Result<(), PublishError>>>,
     pub(crate) rejections: Vec<Rejection>,
@@ -274,6 +273,38 @@ pub(crate) struct Outgoing {
 impl Outgoing {
     pub(crate) fn frame(&self) -> &[u8] {
         &self.buf[self.start..]
+    }
+}
+
+/// Frames at least this large are written from the outbox as they are, not gathered: the copy
+/// would cost more than the extra write call.
+pub(crate) const WRITE_DIRECT: usize = 64 * 1024;
+
+/// The bytes of an [`Outgoing`] frame: a large one shared, so that the driver can write it
+/// without copying it (see `Outbox::write_unsent`); a small one owned (it is gathered anyway,
+/// and sharing would cost an allocation per object).
+pub(crate) enum FrameBuf {
+    Owned(Vec<u8>),
+    Shared(Arc<Vec<u8>>),
+}
+
+impl From<Vec<u8>> for FrameBuf {
+    fn from(buf: Vec<u8>) -> FrameBuf {
+        if buf.len() >= WRITE_DIRECT {
+            FrameBuf::Shared(Arc::new(buf))
+        } else {
+            FrameBuf::Owned(buf)
+        }
+    }
+}
+
+impl std::ops::Deref for FrameBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FrameBuf::Owned(buf) => buf,
+            FrameBuf::Shared(buf) => buf,
+        }
     }
 }
 
@@ -314,23 +345,18 @@ impl Outbox {
     }
 
     /// Takes unsent frames, in order: appends small ones to `out` until it holds `batch`
-    /// bytes; when the next is at least `direct` bytes and `out` is empty, returns it instead,
-    /// shared, to be written as it is (gathering would copy it once more).
-    pub(crate) fn write_unsent(
-        &mut self,
-        out: &mut Vec<u8>,
-        batch: usize,
-        direct: usize,
-    ) -> Option<Frame> {
+    /// bytes; when the next is a large one ([`WRITE_DIRECT`], shared) and `out` is empty,
+    /// returns it instead, to be written as it is (gathering would copy it once more).
+    pub(crate) fn write_unsent(&mut self, out: &mut Vec<u8>, batch: usize) -> Option<Frame> {
         while let Some(entry) = self.entries.get(self.next_to_send) {
             let len = entry.frame().len();
-            if len >= direct {
+            if let FrameBuf::Shared(buf) = &entry.buf {
                 if !out.is_empty() {
                     break;
                 }
                 self.next_to_send += 1;
                 return Some(Frame {
-                    buf: entry.buf.clone(),
+                    buf: buf.clone(),
                     start: entry.start,
                 });
             }
