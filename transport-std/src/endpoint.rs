@@ -84,6 +84,9 @@ struct Inner {
     task: AbortHandle,
     addr: String,
     groups: Vec<String>,
+    /// The size of the last object encoded: the room the next one's buffer starts with, so
+    /// that encoding does not grow it step by step (each step a reallocation and a copy).
+    encoded_hint: std::sync::atomic::AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -416,9 +419,19 @@ impl<T: Serialize, C: Codec> Endpoint<T, C> {
         // Room for the largest header these groups can need; the payload is encoded straight
         // after it and the real header is written just before the payload.
         let reserve = PREFIX_LEN + 16 + groups.iter().map(|g| g.len() + 2).sum::<usize>();
-        let mut buf = vec![0; reserve];
+        let hint = self.inner.encoded_hint.load(Ordering::Relaxed);
+        let mut buf = Vec::with_capacity(reserve + hint);
+        buf.resize(reserve, 0);
         self.codec.encode(value, &mut buf)?;
         let payload_len = buf.len() - reserve;
+        self.inner
+            .encoded_hint
+            .store(payload_len, Ordering::Relaxed);
+        if buf.capacity() > 2 * buf.len() + 64 {
+            // Much smaller than the one before: the outbox counts bytes, not room, so it must
+            // not keep the room.
+            buf.shrink_to_fit();
+        }
 
         let shared = &self.inner.shared;
         let (tx, rx) = oneshot::channel();

@@ -321,6 +321,7 @@ impl<T, C: Codec> Builder<T, C> {
             task: task.abort_handle(),
             addr: self.addr,
             groups: self.groups,
+            encoded_hint: Default::default(),
         });
         match first_rx.await {
             Ok(Ok(())) => Ok(Endpoint {
