@@ -181,6 +181,18 @@ fn run(args: RunArgs) -> Result<(), BoxError> {
         None => RelayFileConfig::default(),
     };
 
+    // Where to listen: the command line, else the file, else the default. Tried first when
+    // development credentials may be generated below, so that a busy port fails before any
+    // file is written.
+    let listen = match args.listen.or(file_config.listen) {
+        Some(addr) => addr,
+        None => DEFAULT_LISTEN.parse().expect("a valid address"),
+    };
+    if !args.plain && args.credentials.is_none() {
+        std::net::TcpListener::bind(listen)
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    }
+
     // The credentials directory: given, or the default one (generated there on first use when
     // TLS is wanted and nothing else is configured).
     let dir = args
@@ -223,12 +235,7 @@ fn run(args: RunArgs) -> Result<(), BoxError> {
 
     let (password, source) = password(&args, &dir)?;
 
-    let mut builder = file_config.apply(Relay::builder(password));
-    if let Some(addr) = args.listen {
-        builder = builder.listen(addr);
-    } else if file_config.listen.is_none() {
-        builder = builder.listen(DEFAULT_LISTEN.parse().expect("a valid address"));
-    }
+    let mut builder = file_config.apply(Relay::builder(password)).listen(listen);
     builder = match tls {
         Some(config) => builder.tls(config),
         None => builder.plain(),

@@ -778,3 +778,22 @@ fn run_with_busy_poll_serves_on_one_thread_and_refuses_bad_windows() {
     assert!(run.stderr.contains("longer than"), "{}", run.stderr);
     assert!(!run.stdout.contains(LISTENING_PREFIX));
 }
+
+#[test]
+fn run_on_a_busy_port_fails_before_generating_credentials() {
+    let home = TempDir::new("run-busy-port");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let run = finish(command(home.path(), &["run", "--listen", &addr]));
+    assert_eq!(run.status.code(), Some(1), "{}", run.stdout);
+    assert!(
+        run.stderr.contains(&format!("cannot listen on {addr}")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !child_default_dir(home.path()).exists(),
+        "credentials were written for a relay that could not start"
+    );
+    drop(taken);
+}
