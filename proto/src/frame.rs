@@ -485,12 +485,18 @@ pub fn announced_len(buf: &[u8]) -> Option<usize> {
 
 /// What to report when a stream ends with `pending` bytes of an unfinished frame buffered.
 pub fn truncated(pending: &[u8]) -> FrameError {
-    truncated_at(pending.len(), announced_len(pending).unwrap_or(0))
+    FrameError::Truncated {
+        have: pending.len(),
+        need: announced_len(pending).unwrap_or(0),
+    }
 }
 
-/// [`truncated`] for a frame of `need` bytes of which `have` arrived.
-pub fn truncated_at(have: usize, need: usize) -> FrameError {
-    FrameError::Truncated { have, need }
+/// Where `part` lies within `outer`, if it is a part of it. Addresses are compared as integers:
+/// `part` is then only ever read through `outer`.
+pub fn range_within(outer: &[u8], part: &[u8]) -> Option<core::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= outer.len()).then_some(start..end)
 }
 
 /// Decodes one whole frame (as delimited by [`frame_len`]).

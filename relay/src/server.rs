@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tlsro::busy_poll::{BusyPoll, BusyPollError};
-use tlsro_proto::frame::CloseCode;
+use tlsro_proto::frame::{CloseCode, FrameError};
 use tlsro_proto::relay::{
     Chunk, ConnId, RelayConfig, RelayEvent, RelayState, RelayStats, SharedBytes,
 };
@@ -337,11 +337,8 @@ impl Core {
         };
         large.push(bytes);
         if large.have < large.need {
-            // Not whole yet: the core only learns that bytes arrived (a sign of life). It
-            // consumes nothing of a partial frame unless the connection is closing.
-            if self.state.handle_input(now, conn, &large.reads[0]) != 0 {
-                entry.large = None;
-            }
+            // Not whole yet: the core only learns that bytes arrived.
+            self.state.input_progress(now, conn);
             return;
         }
         let Some(large) = entry.large.take() else {
@@ -411,7 +408,10 @@ impl Core {
         };
         if !entry.closing {
             let cut = match &entry.large {
-                Some(large) => Some(tlsro_proto::frame::truncated_at(large.have, large.need)),
+                Some(large) => Some(FrameError::Truncated {
+                    have: large.have,
+                    need: large.need,
+                }),
                 None if entry.pending.is_empty() => None,
                 None => Some(tlsro_proto::frame::truncated(&entry.pending)),
             };

@@ -509,11 +509,11 @@ fn run_applies_the_configuration_file_and_the_command_line_wins() {
     assert!(!child_default_dir(home.path()).exists());
 }
 
-#[test]
-fn run_refuses_a_configuration_file_with_an_unknown_key() {
-    let home = TempDir::new("run-bad-config");
+/// `run --plain --listen 127.0.0.1:0 --config FILE` with `toml` in FILE, to its end; the
+/// outcome and FILE.
+fn run_plain_with_config(home: &TempDir, toml: &str) -> (Finished, PathBuf) {
     let config = home.path().join("relay.toml");
-    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nmax_conections = 5\n").unwrap();
+    std::fs::write(&config, toml).unwrap();
     let mut cmd = command(
         home.path(),
         &[
@@ -526,7 +526,14 @@ fn run_refuses_a_configuration_file_with_an_unknown_key() {
         ],
     );
     cmd.env("TLSRO_PASSWORD", "s3cret");
-    let run = finish(cmd);
+    (finish(cmd), config)
+}
+
+#[test]
+fn run_refuses_a_configuration_file_with_an_unknown_key() {
+    let home = TempDir::new("run-bad-config");
+    let (run, config) =
+        run_plain_with_config(&home, "listen = \"127.0.0.1:0\"\nmax_conections = 5\n");
     assert_eq!(run.status.code(), Some(1), "{}", run.stdout);
     assert!(run.stderr.starts_with("error: "), "{}", run.stderr);
     assert!(run.stderr.contains("max_conections"), "{}", run.stderr);
@@ -759,21 +766,7 @@ fn run_with_busy_poll_serves_on_one_thread_and_refuses_bad_windows() {
         assert!(!run.stdout.contains(LISTENING_PREFIX));
     }
     // In the file too.
-    let config = home.path().join("relay.toml");
-    std::fs::write(&config, "busy_poll = \"10s\"\n").unwrap();
-    let mut cmd = command(
-        home.path(),
-        &[
-            "run",
-            "--plain",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    );
-    cmd.env("TLSRO_PASSWORD", "s3cret");
-    let run = finish(cmd);
+    let (run, _) = run_plain_with_config(&home, "busy_poll = \"10s\"\n");
     assert_eq!(run.status.code(), Some(1), "{}", run.stdout);
     assert!(run.stderr.contains("longer than"), "{}", run.stderr);
     assert!(!run.stdout.contains(LISTENING_PREFIX));

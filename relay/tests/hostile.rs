@@ -962,6 +962,35 @@ async fn a_stalled_handshake_is_closed_at_the_auth_deadline() {
     .await
 }
 
+/// Bytes trickled during the handshake are no sign of life: a Hello sent a byte at a time does
+/// not push the authentication deadline back.
+#[tokio::test]
+async fn a_hello_trickled_past_the_auth_deadline_is_closed_at_it() {
+    let (_logs, _guard) = Logs::capture();
+    bounded(async {
+        let deadline = Duration::from_millis(700);
+        let relay = plain_relay(move |c| c.handshake_timeout = deadline).await;
+        let mut raw = Raw::connect(relay.local_addr()).await;
+        let started = Instant::now();
+        let hello = raw_hello(1, 4096, &[b"a"]);
+        for byte in &hello[..hello.len() / 2] {
+            if started.elapsed() > deadline * 2 || !raw.send(&[*byte]).await {
+                break;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        let end = raw.until_closed("the trickled Hello", deadline * 4).await;
+        assert_eq!(end.code(), Some(CloseCode::AuthTimeout), "{end:?}");
+        assert!(
+            started.elapsed() < deadline * 4,
+            "closed after {:?}",
+            started.elapsed()
+        );
+        relay.stop().await;
+    })
+    .await
+}
+
 /// A connection that sends nothing at all is held for a fixed 10 s (the TLS sniff of the plain
 /// relay, the TLS handshake of the TLS relay) instead of the configured handshake deadline,
 /// and before that it is invisible to the relay's connection limit.

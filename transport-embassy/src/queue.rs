@@ -199,8 +199,7 @@ impl<'a> Outbox<'a> {
     }
 
     fn frame_len_at(&self, pos: usize) -> usize {
-        let b = &self.buf[pos..pos + 4];
-        4 + u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
+        frame::announced_len(&self.buf[pos..]).unwrap_or(0)
     }
 
     fn seq_at(&self, pos: usize) -> u64 {

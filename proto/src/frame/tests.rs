@@ -730,3 +730,17 @@ fn largest_frames_a_limit_must_allow_for() {
         assert!(frame.encoded_len() <= 128, "{frame:?}");
     }
 }
+
+#[test]
+fn range_within_finds_parts_and_only_parts() {
+    let outer = [1u8, 2, 3, 4, 5];
+    assert_eq!(range_within(&outer, &outer[1..4]), Some(1..4));
+    assert_eq!(range_within(&outer, &outer[..]), Some(0..5));
+    let other = [1u8, 2, 3];
+    assert_eq!(range_within(&outer, &other), None);
+    assert_eq!(
+        range_within(&outer[1..3], &outer[2..5]),
+        None,
+        "runs past the end"
+    );
+}

@@ -458,6 +458,20 @@ impl RelayState {
         self.input(now, conn, buf, Some(buf))
     }
 
+    /// More bytes of a frame still arriving were received on `conn`, and the driver keeps them
+    /// itself until the frame is whole (then [`handle_input_shared`](Self::handle_input_shared)
+    /// or [`handle_input`](Self::handle_input)): a sign of life, as any input is.
+    pub fn input_progress(&mut self, now: Instant, conn: ConnId) {
+        // Bytes of a frame still arriving are a sign of life too: a large object on a slow link
+        // must not look like silence (the endpoint cannot answer a `Ping` in the middle of a
+        // frame). Before `Welcome` only the handshake deadline counts.
+        if let Some(c) = self.conns.get_mut(&conn)
+            && matches!(c.phase, Phase::Open)
+        {
+            c.last_rx = now;
+        }
+    }
+
     fn input(
         &mut self,
         now: Instant,
@@ -465,14 +479,8 @@ impl RelayState {
         buf: &[u8],
         source: Option<&SharedBytes>,
     ) -> usize {
-        // Bytes of a frame still arriving are a sign of life too: a large object on a slow link
-        // must not look like silence (the endpoint cannot answer a `Ping` in the middle of a
-        // frame). Before `Welcome` only the handshake deadline counts.
-        if let Some(c) = self.conns.get_mut(&conn)
-            && !buf.is_empty()
-            && matches!(c.phase, Phase::Open)
-        {
-            c.last_rx = now;
+        if !buf.is_empty() {
+            self.input_progress(now, conn);
         }
         let mut consumed = 0;
         loop {
@@ -819,7 +827,8 @@ impl RelayState {
             Some((_, Retained::Small(buf) | Retained::Shared { head: buf, .. })) => buf,
             None => Vec::new(),
         };
-        let retained = if len <= SMALL_FRAME {
+        // The same rule as `Conns::queue`: a payload it would copy is kept in one small frame.
+        let retained = if payload.len() <= SMALL_FRAME {
             buf.resize(len, 0);
             frame.encode(&mut buf).expect("sized by encoded_len");
             Retained::Small(buf)

@@ -32,17 +32,10 @@ impl SharedBytes {
     /// `part`, which lies within `self`, as a range of the same buffer; `None` when it does not
     /// lie within it.
     pub fn share(&self, part: &[u8]) -> Option<SharedBytes> {
-        // Addresses compared as integers: no pointer arithmetic on possibly unrelated
-        // allocations, and `part` is only ever read through `self`.
-        let base = self.as_ptr() as usize;
-        let start = (part.as_ptr() as usize).checked_sub(base)?;
-        let end = start.checked_add(part.len())?;
-        if end > self.len() {
-            return None;
-        }
+        let within = crate::frame::range_within(self, part)?;
         Some(SharedBytes {
             buf: self.buf.clone(),
-            range: self.range.start + start..self.range.start + end,
+            range: self.range.start + within.start..self.range.start + within.end,
         })
     }
 
@@ -65,18 +58,6 @@ impl Deref for SharedBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         &self.buf[self.range.clone()]
-    }
-}
-
-impl AsRef<[u8]> for SharedBytes {
-    fn as_ref(&self) -> &[u8] {
-        self
-    }
-}
-
-impl From<Vec<u8>> for SharedBytes {
-    fn from(bytes: Vec<u8>) -> SharedBytes {
-        SharedBytes::new(bytes)
     }
 }
 

@@ -762,43 +762,59 @@ fn handshake_deadline_and_idle_timeout() {
 /// endpoint cannot answer a ping in the middle of a frame, but its bytes keep coming.
 #[test]
 fn a_slow_upload_of_a_large_frame_is_not_idle() {
-    let mut net = Net::new();
-    let e = net.endpoint_with(key(), &["g"], |c| {
-        c.keepalive = Duration::from_secs(1);
-        c.dead_after = Duration::from_secs(1000);
-    });
-    net.drive();
-    let conn = net.eps[e].conn.unwrap();
-    let payload = std::vec![7u8; 20_000];
-    let mut frame = std::vec![0; payload.len() + 512];
-    let (_, n) = net.eps[e]
-        .session
-        .publish(PublishKind::Broadcast, &["g"], &payload, &mut frame)
-        .unwrap();
-    frame.truncate(n);
-    // 100 bytes every 500 ms: 100 s for the frame, against an idle window of a few seconds.
-    let mut fed = 0;
-    while fed < frame.len() {
-        fed = (fed + 100).min(frame.len());
-        net.now = net.now + Duration::from_millis(500);
-        let used = net.relay.handle_input(net.now, conn, &frame[..fed]);
-        net.relay.handle_timeout(net.now);
-        while let Some(ev) = net.relay.poll_event() {
-            assert!(
-                !matches!(ev, RelayEvent::Closing { .. }),
-                "closed after {fed} of {} bytes: {ev:?}",
-                frame.len()
-            );
+    // Fed as the relay driver does for frames of any size: the growing buffer to
+    // `handle_input`, or (`gathered`) `input_progress` at each arrival and the whole frame to
+    // `handle_input_shared` at the end.
+    for gathered in [false, true] {
+        let mut net = Net::new();
+        let e = net.endpoint_with(key(), &["g"], |c| {
+            c.keepalive = Duration::from_secs(1);
+            c.dead_after = Duration::from_secs(1000);
+        });
+        net.drive();
+        let conn = net.eps[e].conn.unwrap();
+        let payload = std::vec![7u8; 20_000];
+        let mut frame = std::vec![0; payload.len() + 512];
+        let (_, n) = net.eps[e]
+            .session
+            .publish(PublishKind::Broadcast, &["g"], &payload, &mut frame)
+            .unwrap();
+        frame.truncate(n);
+        // 100 bytes every 500 ms: 100 s for the frame, against an idle window of a few seconds.
+        let mut fed = 0;
+        while fed < frame.len() {
+            fed = (fed + 100).min(frame.len());
+            net.now = net.now + Duration::from_millis(500);
+            let used = match (gathered, fed == frame.len()) {
+                (false, _) => net.relay.handle_input(net.now, conn, &frame[..fed]),
+                (true, false) => {
+                    net.relay.input_progress(net.now, conn);
+                    0
+                }
+                (true, true) => {
+                    let whole = SharedBytes::new(frame.clone());
+                    net.relay.handle_input_shared(net.now, conn, &whole)
+                }
+            };
+            net.relay.handle_timeout(net.now);
+            while let Some(ev) = net.relay.poll_event() {
+                assert!(
+                    !matches!(ev, RelayEvent::Closing { .. }),
+                    "gathered {gathered}: closed after {fed} of {} bytes: {ev:?}",
+                    frame.len()
+                );
+            }
+            assert_eq!(used, if fed == frame.len() { fed } else { 0 });
         }
-        assert_eq!(used, if fed == frame.len() { fed } else { 0 });
+        net.drive();
+        assert!(
+            net.eps[e]
+                .seen
+                .iter()
+                .any(|s| matches!(s, Seen::Broadcast(g, _, p) if g == "g" && *p == payload)),
+            "gathered {gathered}"
+        );
     }
-    net.drive();
-    assert!(
-        net.eps[e]
-            .seen
-            .iter()
-            .any(|s| matches!(s, Seen::Broadcast(g, _, p) if g == "g" && *p == payload))
-    );
 }
 
 /// The mirror case at the endpoint: a large delivery trickling in is not a silent relay.

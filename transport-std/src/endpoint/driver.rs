@@ -320,7 +320,7 @@ impl Driver {
                     // A large object is most of the read buffer: the buffer itself becomes the
                     // queued item (copying the object out would cost more than a fresh buffer
                     // for what follows it).
-                    let range = range_within(&self.rbuf, payload);
+                    let range = tlsro_proto::frame::range_within(&self.rbuf, payload);
                     let group = group.to_owned();
                     let generation = st.session.generation();
                     let end = start + consumed;
@@ -374,10 +374,7 @@ impl Driver {
     /// Makes room for the frame being received (never more than our limit: a longer length
     /// prefix has already failed the connection), or shrinks back after a large one.
     fn size_read_buffer(&mut self) {
-        let need = match self.rbuf[..self.filled] {
-            [a, b, c, d, ..] => 4 + u32::from_be_bytes([a, b, c, d]) as usize,
-            _ => 0,
-        };
+        let need = tlsro_proto::frame::announced_len(&self.rbuf[..self.filled]).unwrap_or(0);
         let want = need.min(self.config.max_frame as usize).max(READ_CHUNK);
         if self.rbuf.len() < want {
             // A fresh zeroed buffer rather than `resize`: the allocator hands large ones out as
@@ -514,14 +511,6 @@ struct Plan {
     stop_deadline: Option<Instant>,
 }
 
-/// Where `part` lies within `outer`, if it does. Addresses are compared as integers: `part` is
-/// then only ever read through `outer`.
-fn range_within(outer: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
-    let start = (part.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
-    let end = start.checked_add(part.len())?;
-    (end <= outer.len()).then_some(start..end)
-}
-
 /// Handles one session event under the lock. Returns whether an object was queued.
 fn on_event(ctl: &mut Control, shared: &Shared, st: &mut State, event: SessionEvent<'_>) -> bool {
     match event {
@@ -605,8 +594,8 @@ fn session_failure(error: Option<&SessionError>) -> Failure {
     Failure::new(error.clone().into(), heal)
 }
 
-/// Writes all of `buf`, failing when the relay accepts nothing for `stall`.
-/// Writes every buffer of `bufs` in order, then flushes once.
+/// Writes every buffer of `bufs` in order, then flushes once, failing when the relay accepts
+/// nothing for `stall`.
 async fn write_all(
     io: &mut impl Write<Error = io::Error>,
     bufs: &[&[u8]],

@@ -195,13 +195,10 @@ pub(crate) struct Payload {
 }
 
 impl Payload {
-    /// `buf[range]`, keeping `buf` (the range is clamped to it).
+    /// `buf[range]`, keeping `buf`; `range` lies within it (from `frame::range_within`).
     pub(crate) fn within(buf: Vec<u8>, range: std::ops::Range<usize>) -> Payload {
-        let end = range.end.min(buf.len());
-        Payload {
-            range: range.start.min(end)..end,
-            buf,
-        }
+        debug_assert!(range.end <= buf.len());
+        Payload { buf, range }
     }
 }
 
