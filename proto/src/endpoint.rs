@@ -914,6 +914,19 @@ impl EndpointSession {
         }
     }
 
+    /// Asks the relay to confirm now what it has handled, instead of within its confirm delay
+    /// (PROTOCOL.md §9.6): a `Ping`, whose `Pong` the deferred `Confirm` travels with. For a
+    /// driver whose application waits for a confirm (a receipt, a stop, a full outbox). Does
+    /// nothing when everything is confirmed, outside `Open`, or while a `Ping` is unanswered.
+    pub fn request_confirm(&mut self) {
+        if self.conn.phase == Phase::Open
+            && self.confirmed.saturating_add(1) < self.next_seq
+            && !self.conn.ping_sent
+        {
+            self.conn.ping_due = true;
+        }
+    }
+
     /// Advances timers: handshake deadline, keepalive ping, dead relay. Extra calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.error().is_some() {

@@ -282,6 +282,11 @@ impl Core {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutting_down: Option<tokio::time::Instant> = None;
         loop {
+            // A deferred confirm falls due (proto holds it back for output to travel with).
+            let confirm_at = self
+                .state
+                .poll_confirm_timeout()
+                .map(|due| self.clock + Duration::from_millis(due.as_millis()));
             tokio::select! {
                 Some(input) = self.input.recv() => {
                     self.handle_input(input);
@@ -305,6 +310,12 @@ impl Core {
                 _ = tick.tick() => {
                     let now = self.now();
                     self.state.handle_timeout(now);
+                }
+                _ = tokio::time::sleep_until(confirm_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if confirm_at.is_some() =>
+                {
+                    let now = self.now();
+                    self.state.handle_confirm_timeout(now);
                 }
             }
             self.flush();

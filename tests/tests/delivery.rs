@@ -980,3 +980,39 @@ async fn large_and_small_objects_mixed_keep_order_and_content() {
     })
     .await
 }
+
+/// The relay holds back the confirm of a publish that came alone (PROTOCOL.md §9.6) for output
+/// to travel with; with none, its timer sends it. Waiting on a receipt asks for it at once.
+#[tokio::test]
+async fn a_lone_publish_is_confirmed_without_anyone_asking() {
+    bounded(async {
+        let creds = Creds::generate();
+        let relay = creds.relay().start().await.unwrap();
+        let addr = relay.local_addr();
+        let member = creds.connect::<String>(addr, &["news"]).await;
+        let sender = creds.connect::<String>(addr, &[]).await;
+
+        let _receipt = sender.broadcast(&"one".to_owned(), "news").unwrap();
+        assert_eq!(expect_values(&member, 1).await, ["one"]);
+        // Nobody waits on the receipt and the sender gets no other output: the relay's timer.
+        let mut waited = Duration::ZERO;
+        while sender.buffered_bytes() > 0 {
+            assert!(waited < Duration::from_secs(5), "never confirmed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            waited += Duration::from_millis(5);
+        }
+
+        // Someone waits: asked for, and answered with the relay's `Pong`.
+        for i in 0..20 {
+            sender
+                .broadcast(&format!("{i}"), "news")
+                .unwrap()
+                .wait()
+                .await
+                .unwrap();
+        }
+        assert_eq!(expect_values(&member, 20).await.len(), 20);
+        relay.stop().await;
+    })
+    .await
+}

@@ -318,7 +318,12 @@ impl<'a, M: RawMutex> Endpoint<'a, M> {
             Ok(Some(seq)) => Poll::Ready(Ok(seq)),
             Err(e) => Poll::Ready(Err(e)),
             Ok(None) => {
-                self.state.with(|i| i.space_wakers.register(cx.waker()));
+                self.state.with(|i| {
+                    i.space_wakers.register(cx.waker());
+                    // Room comes with a confirm, which the relay may hold back for a while.
+                    i.session.request_confirm();
+                    i.wake_runner();
+                });
                 // Room may have been freed between the attempt and the registration.
                 match attempt() {
                     Ok(Some(seq)) => Poll::Ready(Ok(seq)),

@@ -36,8 +36,8 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -220,6 +220,9 @@ pub enum Event {
 pub struct Receipt {
     seq: u64,
     rx: oneshot::Receiver<Result<(), PublishError>>,
+    /// To ask for the confirm at once when someone waits (the relay may otherwise hold it back
+    /// for its confirm delay, waiting for other output to send it with).
+    shared: Weak<Shared>,
 }
 
 impl Receipt {
@@ -231,6 +234,7 @@ impl Receipt {
     /// Waits until the relay confirms the object (`Ok`), refuses it for some groups
     /// ([`PublishError::Rejected`]), or the endpoint ends first ([`PublishError::Unconfirmed`]).
     pub async fn wait(self) -> Result<(), PublishError> {
+        self.request_confirm();
         self.rx
             .await
             .unwrap_or(Err(PublishError::Unconfirmed(Error::Stopped)))
@@ -238,9 +242,24 @@ impl Receipt {
 
     /// [`wait`](Self::wait) for synchronous code. Panics when called from async code.
     pub fn wait_blocking(self) -> Result<(), PublishError> {
+        self.request_confirm();
         self.rx
             .blocking_recv()
             .unwrap_or(Err(PublishError::Unconfirmed(Error::Stopped)))
+    }
+}
+
+impl Receipt {
+    fn request_confirm(&self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut st = shared.lock();
+        if st.session.confirmed() < self.seq {
+            st.session.request_confirm();
+            drop(st);
+            shared.wake_driver.notify_one();
+        }
     }
 }
 
@@ -462,7 +481,11 @@ impl<T: Serialize, C: Codec> Endpoint<T, C> {
             seq
         };
         shared.wake_driver.notify_one();
-        Ok(Receipt { seq, rx })
+        Ok(Receipt {
+            seq,
+            rx,
+            shared: Arc::downgrade(shared),
+        })
     }
 }
 

@@ -65,6 +65,9 @@ pub struct RelayConfig {
     pub idle_intervals: u32,
     /// Sessions remembered after they disconnect, to recognise resent publishes.
     pub max_sessions: usize,
+    /// How long the `Confirm` of a publish that came alone may wait for other output to the
+    /// same endpoint to travel with (PROTOCOL.md §9.6).
+    pub confirm_delay: Duration,
 }
 
 /// The relay's default limit for an object: 16 MiB.
@@ -72,7 +75,7 @@ pub const DEFAULT_MAX_OBJECT: u32 = 16 * 1024 * 1024;
 
 impl RelayConfig {
     /// Defaults: 16 MiB objects, any group, 10,000 groups and connections, 64 MiB outbound
-    /// per connection, 10 s handshake, 3 silent keepalive intervals.
+    /// per connection, 10 s handshake, 3 silent keepalive intervals, 25 ms confirm delay.
     pub fn new(key: AuthKey, epoch: u64) -> Self {
         RelayConfig {
             key,
@@ -86,6 +89,7 @@ impl RelayConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_intervals: 3,
             max_sessions: 100_000,
+            confirm_delay: Duration::from_millis(25),
         }
     }
 

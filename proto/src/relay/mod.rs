@@ -4,8 +4,9 @@
 //! ([`RelayState::accept`]), feeds its bytes ([`RelayState::handle_input`]), writes what
 //! [`RelayState::poll_transmit`] hands out for the connections [`RelayState::poll_dirty`] names,
 //! reports what the socket took ([`RelayState::handle_written`]), acts on
-//! [`RelayState::poll_event`] (log lines, closing sockets) and calls
-//! [`RelayState::handle_timeout`] now and then. Every rule lives here:
+//! [`RelayState::poll_event`] (log lines, closing sockets), calls
+//! [`RelayState::handle_timeout`] now and then and [`RelayState::handle_confirm_timeout`] when
+//! [`RelayState::poll_confirm_timeout`] says. Every rule lives here:
 //!
 //! - **handshake**: `Hello` → `Challenge` → `Proof` → `Welcome` (or `Close` with a reason);
 //!   nothing else is accepted before `Welcome`; a deadline applies;
@@ -18,8 +19,11 @@
 //!   everything queued now; an object too large for a consumer waits for one that can take it;
 //! - **acknowledgements**: each produced delivery has a per-connection tag; `Ack` is cumulative;
 //!   what a closing connection had not acknowledged goes back to the front of its queue;
-//! - **producer confirms**: every `Publish` is confirmed (one `Confirm` per input batch); a
-//!   resend of a sequence number the session already handled is dropped and confirmed again;
+//! - **producer confirms**: every `Publish` is confirmed, cumulatively. A batch of input with
+//!   two or more publishes is confirmed at once; the `Confirm` of a publish that came alone waits
+//!   (up to `confirm_delay`) for other output to the same endpoint and goes with it, so a
+//!   request and its answer cost one write each way, not two; a resend of a sequence number the
+//!   session already handled is dropped and confirmed again;
 //! - **slow consumers**: a connection whose waiting output exceeds `outbound_limit` is closed;
 //! - **keepalive**: `Ping` is answered; a connection silent for `idle_intervals` of its stated
 //!   keepalive is closed.
@@ -200,6 +204,16 @@ impl core::ops::DerefMut for Conns {
 }
 
 impl Conns {
+    /// Lists `conn` for [`RelayState::poll_dirty`].
+    fn mark_dirty(&mut self, conn: ConnId) {
+        if let Some(c) = self.map.get_mut(&conn)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push_back(conn);
+        }
+    }
+
     /// Queues output for `conn`. A connection whose backlog is already over the limit gets
     /// nothing more and is listed in `slow`.
     fn queue(&mut self, conn: ConnId, out: Out<'_>) {
@@ -225,10 +239,7 @@ impl Conns {
                 c.out.push_back(Chunk::Shared(payload.clone()));
             }
         }
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty.push_back(conn);
-        }
+        self.mark_dirty(conn);
     }
 }
 
@@ -317,7 +328,12 @@ struct Conn {
     dirty: bool,
     next_tag: u64,
     in_flight: VecDeque<InFlight>,
+    /// The highest publish handled and not yet confirmed.
     confirm: Option<u64>,
+    /// Publishes handled since the last `Confirm` (saturating).
+    unconfirmed: u32,
+    /// When the `Confirm` waiting for other output must go anyway (listed in `confirm_due`).
+    confirm_due: Option<Instant>,
     /// A ping went out since the endpoint was last heard.
     ping_sent: bool,
     /// Over its backlog limit: closing as a slow consumer.
@@ -358,6 +374,9 @@ pub struct RelayState {
     stats: RelayStats,
     /// Reused to encode frames before they are copied or shared.
     scratch: Vec<u8>,
+    /// Deferred confirms in the order they fall due (all wait the same delay). An entry whose
+    /// connection sent its `Confirm` since, or deferred a newer one, is stale and skipped.
+    confirm_due: VecDeque<(Instant, ConnId)>,
 }
 
 impl RelayState {
@@ -379,6 +398,7 @@ impl RelayState {
             events: VecDeque::new(),
             stats: RelayStats::default(),
             scratch: Vec::new(),
+            confirm_due: VecDeque::new(),
         }
     }
 
@@ -431,6 +451,8 @@ impl RelayState {
                 next_tag: 1,
                 in_flight: VecDeque::new(),
                 confirm: None,
+                unconfirmed: 0,
+                confirm_due: None,
                 ping_sent: false,
                 slow: false,
                 paused: false,
@@ -515,7 +537,7 @@ impl RelayState {
             }
             consumed += len;
         }
-        self.flush_confirm(conn);
+        self.settle_confirm(now, conn);
         self.close_slow_consumers();
         consumed
     }
@@ -753,7 +775,10 @@ impl RelayState {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        // Counted before it is handled: its rejections (queued below) precede its `Confirm`,
+        // which `poll_dirty` appends after everything queued.
         c.confirm = Some(p.seq);
+        c.unconfirmed = c.unconfirmed.saturating_add(1);
         let session = c.session;
         let record = self
             .sessions
@@ -1005,9 +1030,60 @@ impl RelayState {
         );
     }
 
-    fn flush_confirm(&mut self, conn: ConnId) {
-        if let Some(up_to) = self.conns.get_mut(&conn).and_then(|c| c.confirm.take()) {
-            self.send(conn, Frame::Confirm(Confirm { up_to }));
+    /// After a batch of input from `conn`: its publishes are confirmed with the output it has
+    /// anyway, at once when the batch had two or more, else within `confirm_delay`.
+    fn settle_confirm(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.confirm.is_none() || !matches!(c.phase, Phase::Open) {
+            return;
+        }
+        if c.dirty || c.unconfirmed >= 2 {
+            // `poll_dirty` appends the `Confirm` to whatever is queued.
+            self.conns.mark_dirty(conn);
+        } else if c.confirm_due.is_none() {
+            let due = now + self.config.confirm_delay;
+            c.confirm_due = Some(due);
+            self.confirm_due.push_back((due, conn));
+        }
+    }
+
+    /// Appends `c`'s pending `Confirm` to its output (after everything queued: the rejections
+    /// of the publishes it covers come first).
+    fn append_confirm(c: &mut Conn) {
+        let Some(up_to) = c.confirm.take() else {
+            return;
+        };
+        c.unconfirmed = 0;
+        c.confirm_due = None;
+        let mut buf = [0u8; 16];
+        let n = Frame::Confirm(Confirm { up_to })
+            .encode(&mut buf)
+            .expect("a Confirm is small");
+        append(c, &[&buf[..n]]);
+    }
+
+    /// When the next deferred `Confirm` falls due: call
+    /// [`handle_confirm_timeout`](Self::handle_confirm_timeout) then. Cheap (no scan), unlike
+    /// [`poll_timeout`](Self::poll_timeout), which includes it.
+    pub fn poll_confirm_timeout(&self) -> Option<Instant> {
+        self.confirm_due.front().map(|(due, _)| *due)
+    }
+
+    /// Queues the deferred confirms that are due at `now`.
+    pub fn handle_confirm_timeout(&mut self, now: Instant) {
+        while let Some(&(due, conn)) = self.confirm_due.front() {
+            if due > now {
+                break;
+            }
+            self.confirm_due.pop_front();
+            if let Some(c) = self.conns.get_mut(&conn)
+                && c.confirm_due == Some(due)
+            {
+                c.confirm_due = None;
+                self.conns.mark_dirty(conn);
+            }
         }
     }
 
@@ -1064,15 +1140,17 @@ impl RelayState {
             return;
         }
         let was_open = matches!(c.phase, Phase::Open);
+        if was_open {
+            // What was handled is confirmed before the `Close` (even past the backlog limit,
+            // as the `Close` is): the endpoint must not resend it.
+            Self::append_confirm(c);
+        }
         let close = Frame::Close(Close { code, detail }).to_vec();
         // The Close frame goes out even past the backlog limit.
         c.backlog += close.len();
         c.out.push_back(Chunk::Owned(close));
         c.phase = Phase::Closed;
-        if !c.dirty {
-            c.dirty = true;
-            self.conns.dirty.push_back(conn);
-        }
+        self.conns.mark_dirty(conn);
         self.events.push_back(RelayEvent::Closing {
             conn,
             code: reported_code,
@@ -1150,6 +1228,10 @@ impl RelayState {
         let id = self.conns.dirty.pop_front()?;
         if let Some(c) = self.conns.get_mut(&id) {
             c.dirty = false;
+            // A pending `Confirm` travels with the output (the whole point of deferring it).
+            if matches!(c.phase, Phase::Open) && !c.slow {
+                Self::append_confirm(c);
+            }
         }
         Some(id)
     }
@@ -1185,7 +1267,11 @@ impl RelayState {
     /// When [`handle_timeout`](Self::handle_timeout) must run next (a scan over connections:
     /// drivers with many connections may instead call `handle_timeout` on a fixed tick).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns.values().filter_map(|c| self.deadline(c)).min()
+        let scan = self.conns.values().filter_map(|c| self.deadline(c)).min();
+        match (scan, self.poll_confirm_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn deadline(&self, c: &Conn) -> Option<Instant> {
@@ -1205,10 +1291,12 @@ impl RelayState {
         }
     }
 
-    /// Pings endpoints that were silent for their keepalive interval (an endpoint that only
-    /// receives has nothing else to say) and closes connections past their handshake deadline
-    /// or silent for `idle_intervals` keepalive intervals.
+    /// Sends the deferred confirms that are due, pings endpoints that were silent for their
+    /// keepalive interval (an endpoint that only receives has nothing else to say) and closes
+    /// connections past their handshake deadline or silent for `idle_intervals` keepalive
+    /// intervals.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_confirm_timeout(now);
         let mut expired = Vec::new();
         let mut ping = Vec::new();
         for (id, c) in self.conns.iter() {

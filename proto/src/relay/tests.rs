@@ -241,6 +241,29 @@ impl Net {
         moved
     }
 
+    /// The relay's confirm delay passes: its deferred confirms go out.
+    fn confirm_delay_passes(&mut self) {
+        self.now = self.now + self.relay.config().confirm_delay;
+        self.relay.handle_confirm_timeout(self.now);
+        self.drive();
+    }
+
+    /// Only the confirms `i` saw (taking them).
+    fn confirms(&mut self, i: usize) -> Vec<u64> {
+        let seen = core::mem::take(&mut self.eps[i].seen);
+        let (confirms, rest): (Vec<Seen>, Vec<Seen>) = seen
+            .into_iter()
+            .partition(|s| matches!(s, Seen::Confirmed(_)));
+        self.eps[i].seen = rest;
+        confirms
+            .into_iter()
+            .map(|s| match s {
+                Seen::Confirmed(up_to) => up_to,
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
     fn seen(&mut self, i: usize) -> Vec<Seen> {
         core::mem::take(&mut self.eps[i].seen)
             .into_iter()
@@ -441,6 +464,7 @@ fn producer_confirms_and_resend_is_recognised() {
     net.drive();
     let s1 = net.broadcast(p, "g", b"x");
     net.drive();
+    net.confirm_delay_passes();
     assert!(net.eps[p].seen.contains(&Seen::Confirmed(s1)));
     // The producer did not see the confirm (say) and resends the same frame after reconnect.
     let mut buf = [0u8; 64];
@@ -1122,4 +1146,154 @@ fn slow_close_output(net: &mut Net, conn: ConnId, mut wire: Vec<u8>) -> Vec<fram
         "the Close comes last: {frames:?}"
     );
     frames
+}
+
+/// A relay with a member of "g" and a sender that is a member of nothing, connected.
+fn member_and_sender() -> (Net, usize, usize) {
+    let mut net = Net::new();
+    let member = net.endpoint(&["g"]);
+    let sender = net.endpoint(&[]);
+    net.drive();
+    (net, member, sender)
+}
+
+#[test]
+fn a_lone_publish_is_confirmed_within_the_confirm_delay() {
+    let (mut net, c, p) = member_and_sender();
+    let s1 = net.broadcast(p, "g", b"x");
+    net.drive();
+    // Delivered at once; its confirm waits for output to go with.
+    assert_eq!(net.seen(c), [b("g", 1, b"x")]);
+    assert!(net.confirms(p).is_empty());
+    let due = net.now + net.relay.config().confirm_delay;
+    assert_eq!(net.relay.poll_confirm_timeout(), Some(due));
+    assert!(net.relay.poll_timeout().is_some_and(|t| t <= due));
+    net.relay
+        .handle_confirm_timeout(due - Duration::from_millis(1));
+    net.drive();
+    assert!(net.confirms(p).is_empty(), "not before it is due");
+    net.confirm_delay_passes();
+    assert_eq!(net.confirms(p), [s1]);
+    assert_eq!(net.relay.poll_confirm_timeout(), None);
+}
+
+#[test]
+fn a_batch_of_two_publishes_is_confirmed_at_once() {
+    let (mut net, _c, p) = member_and_sender();
+    net.broadcast(p, "g", b"x");
+    let s2 = net.broadcast(p, "g", b"y");
+    net.drive();
+    assert_eq!(net.confirms(p), [s2]);
+    // A lone publish after a lone publish: the second makes two unconfirmed.
+    let s3 = net.broadcast(p, "g", b"z");
+    net.drive();
+    assert!(net.confirms(p).is_empty());
+    let s4 = net.broadcast(p, "g", b"w");
+    net.drive();
+    assert_eq!(net.confirms(p), [s4]);
+    assert!(s4 > s3);
+    // The stale deadline of the third sends nothing more.
+    net.confirm_delay_passes();
+    assert!(net.confirms(p).is_empty());
+}
+
+#[test]
+fn a_deferred_confirm_travels_with_the_next_output_in_one_write() {
+    let mut net = Net::new();
+    let a = net.endpoint(&["back"]);
+    let b_ = net.endpoint(&["g"]);
+    net.drive();
+    // A asks, B answers: A's confirm goes with the answer, not in a write of its own.
+    let s1 = net.broadcast(a, "g", b"ask");
+    net.drive();
+    assert!(net.confirms(a).is_empty());
+    net.broadcast(b_, "back", b"answer");
+    let conn_b = net.eps[b_].conn.unwrap();
+    let mut bytes = [0u8; 4096];
+    let n = net.eps[b_].session.poll_transmit(&mut bytes).unwrap_or(0);
+    assert_eq!(n, 0, "nothing but the publish to send");
+    let frame = net.eps[b_].outbox.remove(0);
+    net.relay.handle_input(net.now, conn_b, &frame);
+    let conn_a = net.eps[a].conn.unwrap();
+    let mut chunks = Vec::new();
+    while let Some(conn) = net.relay.poll_dirty() {
+        while let Some(chunk) = net.relay.poll_transmit(conn) {
+            net.relay.handle_written(conn, chunk.len());
+            if conn == conn_a {
+                chunks.push(chunk.to_vec());
+            }
+        }
+    }
+    assert_eq!(chunks.len(), 1, "one chunk: the answer and the confirm");
+    net.eps[a].inbox.extend_from_slice(&chunks[0]);
+    net.drive();
+    assert_eq!(net.confirms(a), [s1]);
+    assert_eq!(net.seen(a), [b("back", 1, b"answer")]);
+    // Its deadline is stale now.
+    net.confirm_delay_passes();
+    assert!(net.confirms(a).is_empty());
+}
+
+#[test]
+fn an_endpoint_asking_for_its_confirm_gets_it_at_once() {
+    let (mut net, _c, p) = member_and_sender();
+    // Nothing to confirm: asking sends nothing.
+    net.eps[p].session.request_confirm();
+    let mut buf = [0u8; 64];
+    assert_eq!(net.eps[p].session.poll_transmit(&mut buf).unwrap_or(0), 0);
+    let s1 = net.broadcast(p, "g", b"x");
+    net.drive();
+    assert!(net.confirms(p).is_empty());
+    // A `Ping`, whose `Pong` brings the confirm.
+    net.eps[p].session.request_confirm();
+    net.drive();
+    assert_eq!(net.confirms(p), [s1]);
+}
+
+#[test]
+fn a_close_is_preceded_by_the_deferred_confirm() {
+    // By the endpoint.
+    let (mut net, _c, p) = member_and_sender();
+    let s1 = net.broadcast(p, "g", b"x");
+    net.drive();
+    net.eps[p].session.close(net.now);
+    net.drive();
+    let seen = core::mem::take(&mut net.eps[p].seen);
+    let tail: Vec<&Seen> = seen.iter().rev().take(2).rev().collect();
+    assert_eq!(tail, [&Seen::Confirmed(s1), &Seen::Stopped]);
+
+    // By the relay.
+    let (mut net, _c, p) = member_and_sender();
+    let s1 = net.broadcast(p, "g", b"x");
+    net.drive();
+    net.relay.shutdown();
+    net.drive();
+    assert_eq!(net.confirms(p), [s1]);
+    assert!(matches!(
+        net.eps[p].error,
+        Some(EpError::Closed(CloseCode::Shutdown, _))
+    ));
+    // No confirm is due for a connection that is gone.
+    net.confirm_delay_passes();
+}
+
+#[test]
+fn a_rejected_lone_publish_is_confirmed_after_its_rejection() {
+    let mut net = Net::with(|c| {
+        let mut list = BTreeMap::new();
+        list.insert("ok".into(), GroupLimits::default());
+        c.allowed_groups = Some(list);
+    });
+    let p = net.endpoint(&[]);
+    net.drive();
+    let s1 = net.broadcast(p, "nope", b"x");
+    net.drive();
+    assert_eq!(
+        net.eps[p].seen,
+        [
+            Seen::Connected(0),
+            Seen::Rejected(s1, "nope".into(), RejectReason::GroupRefused),
+            Seen::Confirmed(s1)
+        ]
+    );
 }

@@ -400,6 +400,10 @@ impl Driver {
             stop_deadline = Some(stop.deadline);
             stop_expired = Instant::now() >= stop.deadline;
             let closing = stop.closing;
+            if !closing && !st.outbox.is_empty() && !stop_expired {
+                // The relay may hold back the last confirm for its confirm delay.
+                st.session.request_confirm();
+            }
             if !closing
                 && st.session.phase() == Phase::Open
                 && (st.outbox.is_empty() || stop_expired)

@@ -819,7 +819,11 @@ async fn reconnect_resends_unconfirmed_regrants_credit_and_drops_stale_objects()
     let second = endpoint.produce(&2, "jobs").unwrap();
     conn.recv().await;
     conn.recv().await;
+    let both = endpoint.buffered_bytes();
     conn.send(&Frame::Confirm(Confirm { up_to: 1 })).await;
+    // Confirmed before `wait`, which then asks for nothing (a `Ping` this fake relay did not
+    // read would make dropping it a reset rather than a close).
+    eventually("first confirmed", || endpoint.buffered_bytes() < both).await;
     bounded("first receipt", first.wait()).await.unwrap();
 
     // The relay goes away.
@@ -993,6 +997,43 @@ async fn stop_flushes_acknowledges_and_closes() {
         Err(Error::Stopped)
     ));
     assert!(matches!(endpoint.stop().await, Ok(())));
+}
+
+/// The relay may hold back the confirm of a lone publish for output to travel with (PROTOCOL.md
+/// §9.6): waiting on the receipt asks for it with a `Ping`, and the relay's `Pong` brings it.
+#[tokio::test]
+async fn waiting_on_a_receipt_asks_for_its_confirm() {
+    let relay = FakeRelay::new().await;
+    let (endpoint, mut conn) = relay.connect::<u32>(&[]).await;
+    let receipt = endpoint.broadcast(&1, "g").unwrap();
+    let raw = bounded("publish", conn.next()).await.unwrap();
+    assert_eq!(decode(&raw).kind(), frame::Kind::Publish);
+    let waiter = tokio::spawn(receipt.wait());
+    let raw = bounded("ping", conn.next()).await.unwrap();
+    assert_eq!(decode(&raw), Frame::Ping);
+    conn.send(&Frame::Pong).await;
+    conn.send(&Frame::Confirm(Confirm { up_to: 1 })).await;
+    bounded("receipt", waiter).await.unwrap().unwrap();
+
+    // Confirmed already: waiting asks for nothing.
+    let receipt = endpoint.broadcast(&2, "g").unwrap();
+    conn.recv().await;
+    conn.send(&Frame::Confirm(Confirm { up_to: 2 })).await;
+    eventually("confirmed", || endpoint.buffered_bytes() == 0).await;
+    bounded("receipt", receipt.wait()).await.unwrap();
+    let stopper = {
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move { endpoint.stop().await })
+    };
+    // What followed the confirm: only the stop's `Close` (no `Ping`).
+    let raw = bounded("close", conn.next()).await.unwrap();
+    assert_eq!(decode(&raw).kind(), frame::Kind::Close);
+    conn.send(&Frame::Close(Close {
+        code: CloseCode::Normal,
+        detail: "",
+    }))
+    .await;
+    bounded("stop", stopper).await.unwrap().unwrap();
 }
 
 #[tokio::test]
