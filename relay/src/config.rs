@@ -13,6 +13,8 @@
 //! handshake_timeout = "10s"     # with a us, ms, s or m suffix
 //! idle_intervals = 3            # silent keepalive intervals before an endpoint is dropped
 //! max_sessions = 100000         # disconnected sessions remembered to recognise resends
+//! min_frame_rate = 128          # bytes/s a frame must average once the idle window passed
+//!                               # (slowloris); 0 turns it off
 //! # busy_poll = "200us"         # spin this long after traffic instead of sleeping: lower
 //!                               # latency for CPU, one thread serves everything; default off
 //!
@@ -92,6 +94,9 @@ pub struct RelayFileConfig {
     pub idle_intervals: Option<u32>,
     /// Sessions remembered after they disconnect, to recognise resent publishes.
     pub max_sessions: Option<usize>,
+    /// Bytes per second a frame still arriving after the idle window must have averaged
+    /// (`RelayConfig::min_frame_rate`); 0: no minimum.
+    pub min_frame_rate: Option<u32>,
     /// Busy polling: spin this long after each read or write instead of sleeping
     /// ([`RelayBuilder::busy_poll`]). The `tlsro-relay` command then runs on one thread.
     #[serde(default, deserialize_with = "de_busy_poll")]
@@ -264,6 +269,9 @@ impl RelayFileConfig {
         }
         if let Some(n) = self.max_sessions {
             config.max_sessions = n;
+        }
+        if let Some(n) = self.min_frame_rate {
+            config.min_frame_rate = n;
         }
         if !self.groups.is_empty() {
             config.allowed_groups = Some(
@@ -487,6 +495,7 @@ max_connections = 10000
 handshake_timeout = "10s"
 idle_intervals = 3
 max_sessions = 100000
+min_frame_rate = 128
 
 [groups.consumers]
 max_members = 10
@@ -538,6 +547,7 @@ overflow = "reject"
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.idle_intervals, 3);
         assert_eq!(c.max_sessions, 100_000);
+        assert_eq!(c.min_frame_rate, 128);
         let allowed = c.allowed_groups.as_ref().expect("allow-list on");
         assert_eq!(
             allowed.get("consumers"),

@@ -349,7 +349,7 @@ impl Core {
         large.push(bytes);
         if large.have < large.need {
             // Not whole yet: the core only learns that bytes arrived.
-            self.state.input_progress(now, conn);
+            self.state.input_progress(now, conn, large.have);
             return;
         }
         let Some(large) = entry.large.take() else {

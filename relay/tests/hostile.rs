@@ -295,6 +295,8 @@ struct Raw {
     io: Box<dyn Stream>,
     buf: Vec<u8>,
     session: [u8; 16],
+    /// What its `Hello` states.
+    keepalive_ms: u32,
 }
 
 fn fresh_session() -> [u8; 16] {
@@ -318,6 +320,7 @@ impl Raw {
             io: Box::new(io),
             buf: Vec::new(),
             session: fresh_session(),
+            keepalive_ms: 5_000,
         }
     }
 
@@ -381,7 +384,7 @@ impl Raw {
             nonce,
             session: self.session,
             max_frame,
-            keepalive_ms: 5_000,
+            keepalive_ms: self.keepalive_ms,
             groups: list,
         }))
         .await;
@@ -986,6 +989,56 @@ async fn a_hello_trickled_past_the_auth_deadline_is_closed_at_it() {
             "closed after {:?}",
             started.elapsed()
         );
+        relay.stop().await;
+    })
+    .await
+}
+
+/// Past `Welcome`, a peer that announces a frame and sends a byte now and then (slowloris) is
+/// alive by the keepalive rule, but not by the minimum frame rate: once its idle window has
+/// passed, it is closed, whether the relay gathers the frame (large) or not, and others are
+/// served meanwhile.
+#[tokio::test]
+async fn a_frame_trickled_after_welcome_is_closed_under_the_minimum_rate() {
+    let (_logs, _guard) = Logs::capture();
+    bounded(async {
+        let relay = plain_relay(|_| {}).await;
+        let addr = relay.local_addr();
+        for payload_len in [20_000usize, 300 * 1024] {
+            let mut raw = Raw::connect(addr).await;
+            raw.keepalive_ms = 200;
+            raw.open(&[], 4096).await;
+            let payload = vec![1u8; payload_len];
+            let mut frame = vec![0u8; payload_len + 64];
+            let n = Frame::Publish(frame::Publish {
+                seq: 1,
+                kind: PublishKind::Broadcast,
+                groups: ["g"].into_iter().collect(),
+                payload: &payload,
+            })
+            .encode(&mut frame)
+            .unwrap();
+            let started = Instant::now();
+            // The header and a few bytes, then a byte every 100 ms: never silent for the
+            // 600 ms idle window, and about 10 B/s.
+            let mut sent = 64;
+            raw.send(&frame[..sent]).await;
+            while sent < n && started.elapsed() < Duration::from_secs(4) {
+                sleep(Duration::from_millis(100)).await;
+                if !raw.send(&frame[sent..sent + 1]).await {
+                    break;
+                }
+                sent += 1;
+            }
+            let end = raw.until_closed("the trickled frame", PROMPTLY).await;
+            assert_eq!(end.code(), Some(CloseCode::IdleTimeout), "{end:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{payload_len}: closed after {:?}",
+                started.elapsed()
+            );
+            assert_still_serving(addr).await;
+        }
         relay.stop().await;
     })
     .await

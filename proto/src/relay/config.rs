@@ -68,6 +68,10 @@ pub struct RelayConfig {
     /// How long the `Confirm` of a publish that came alone may wait for other output to the
     /// same endpoint to travel with (PROTOCOL.md §9.6).
     pub confirm_delay: Duration,
+    /// A frame still arriving after the connection's idle window (`idle_intervals` keepalive
+    /// intervals) must have come at this many bytes per second on average since its first byte,
+    /// or the connection is closed (PROTOCOL.md §9.10). 0: no minimum.
+    pub min_frame_rate: u32,
 }
 
 /// The relay's default limit for an object: 16 MiB.
@@ -75,7 +79,7 @@ pub const DEFAULT_MAX_OBJECT: u32 = 16 * 1024 * 1024;
 
 impl RelayConfig {
     /// Defaults: 16 MiB objects, any group, 10,000 groups and connections, 64 MiB outbound
-    /// per connection, 10 s handshake, 3 silent keepalive intervals, 25 ms confirm delay.
+    /// per connection, 10 s handshake, 3 silent keepalive intervals, 25 ms confirm delay, frames arriving at 128 B/s at least.
     pub fn new(key: AuthKey, epoch: u64) -> Self {
         RelayConfig {
             key,
@@ -90,6 +94,7 @@ impl RelayConfig {
             idle_intervals: 3,
             max_sessions: 100_000,
             confirm_delay: Duration::from_millis(25),
+            min_frame_rate: 128,
         }
     }
 

@@ -26,7 +26,8 @@
 //!   session already handled is dropped and confirmed again;
 //! - **slow consumers**: a connection whose waiting output exceeds `outbound_limit` is closed;
 //! - **keepalive**: `Ping` is answered; a connection silent for `idle_intervals` of its stated
-//!   keepalive is closed.
+//!   keepalive is closed, and so is one whose frame still arriving after that long has come at
+//!   less than `min_frame_rate` on average (a peer only pretending to send).
 
 mod config;
 mod shared;
@@ -334,6 +335,10 @@ struct Conn {
     unconfirmed: u32,
     /// When the `Confirm` waiting for other output must go anyway (listed in `confirm_due`).
     confirm_due: Option<Instant>,
+    /// When the first byte of the frame still arriving came (none arriving: `None`).
+    partial_since: Option<Instant>,
+    /// Bytes of that frame received so far.
+    partial_bytes: usize,
     /// A ping went out since the endpoint was last heard.
     ping_sent: bool,
     /// Over its backlog limit: closing as a slow consumer.
@@ -453,6 +458,8 @@ impl RelayState {
                 confirm: None,
                 unconfirmed: 0,
                 confirm_due: None,
+                partial_since: None,
+                partial_bytes: 0,
                 ping_sent: false,
                 slow: false,
                 paused: false,
@@ -480,13 +487,23 @@ impl RelayState {
         self.input(now, conn, buf, Some(buf))
     }
 
-    /// More bytes of a frame still arriving were received on `conn`, and the driver keeps them
-    /// itself until the frame is whole (then [`handle_input_shared`](Self::handle_input_shared)
-    /// or [`handle_input`](Self::handle_input)): a sign of life, as any input is.
-    pub fn input_progress(&mut self, now: Instant, conn: ConnId) {
+    /// More bytes of a frame still arriving were received on `conn`, `so_far` of it in all, and
+    /// the driver keeps them itself until the frame is whole (then
+    /// [`handle_input_shared`](Self::handle_input_shared) or
+    /// [`handle_input`](Self::handle_input)): a sign of life, as any input is.
+    pub fn input_progress(&mut self, now: Instant, conn: ConnId, so_far: usize) {
+        self.seen_alive(now, conn);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.partial_since.get_or_insert(now);
+            c.partial_bytes = so_far;
+        }
+    }
+
+    fn seen_alive(&mut self, now: Instant, conn: ConnId) {
         // Bytes of a frame still arriving are a sign of life too: a large object on a slow link
         // must not look like silence (the endpoint cannot answer a `Ping` in the middle of a
-        // frame). Before `Welcome` only the handshake deadline counts.
+        // frame); the minimum frame rate deals with a peer that only pretends to send one.
+        // Before `Welcome` only the handshake deadline counts.
         if let Some(c) = self.conns.get_mut(&conn)
             && matches!(c.phase, Phase::Open)
         {
@@ -502,7 +519,7 @@ impl RelayState {
         source: Option<&SharedBytes>,
     ) -> usize {
         if !buf.is_empty() {
-            self.input_progress(now, conn);
+            self.seen_alive(now, conn);
         }
         let mut consumed = 0;
         loop {
@@ -536,6 +553,16 @@ impl RelayState {
                 }
             }
             consumed += len;
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            // The rest is the start of the next frame; a new frame when one ended here.
+            let rest = buf.len() - consumed;
+            if rest == 0 {
+                c.partial_since = None;
+            } else if consumed > 0 || c.partial_since.is_none() {
+                c.partial_since = Some(now);
+            }
+            c.partial_bytes = rest;
         }
         self.settle_confirm(now, conn);
         self.close_slow_consumers();
@@ -1281,6 +1308,10 @@ impl RelayState {
             }
             Phase::Open => {
                 let idle = c.last_rx + c.keepalive * self.config.idle_intervals;
+                let idle = match self.too_slow_from(c) {
+                    Some(slow) => idle.min(slow),
+                    None => idle,
+                };
                 if c.ping_sent {
                     Some(idle)
                 } else {
@@ -1291,6 +1322,20 @@ impl RelayState {
         }
     }
 
+    /// From when the frame `c` is receiving has come too slowly (PROTOCOL.md §9.10): after the
+    /// idle window, once its average since the first byte is under `min_frame_rate`.
+    fn too_slow_from(&self, c: &Conn) -> Option<Instant> {
+        let since = c.partial_since?;
+        let rate = u64::from(self.config.min_frame_rate);
+        if rate == 0 {
+            return None;
+        }
+        let window = c.keepalive * self.config.idle_intervals;
+        // Under the rate when elapsed > bytes / rate.
+        let at_rate = Duration::from_millis((c.partial_bytes as u64).saturating_mul(1000) / rate);
+        Some(since + window.max(at_rate) + Duration::from_millis(1))
+    }
+
     /// Sends the deferred confirms that are due, pings endpoints that were silent for their
     /// keepalive interval (an endpoint that only receives has nothing else to say) and closes
     /// connections past their handshake deadline or silent for `idle_intervals` keepalive
@@ -1298,6 +1343,7 @@ impl RelayState {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.handle_confirm_timeout(now);
         let mut expired = Vec::new();
+        let mut crawling = Vec::new();
         let mut ping = Vec::new();
         for (id, c) in self.conns.iter() {
             match c.phase {
@@ -1309,6 +1355,10 @@ impl RelayState {
                 Phase::Open => {
                     if now >= c.last_rx + c.keepalive * self.config.idle_intervals {
                         expired.push((*id, CloseCode::IdleTimeout));
+                    } else if let Some(since) = c.partial_since
+                        && self.too_slow_from(c).is_some_and(|t| now >= t)
+                    {
+                        crawling.push((*id, now.saturating_since(since), c.partial_bytes));
                     } else if !c.ping_sent && now >= c.last_rx + c.keepalive {
                         ping.push(*id);
                     }
@@ -1327,6 +1377,16 @@ impl RelayState {
                 self.stats.auth_failures += 1;
             }
             self.close(id, code, "");
+        }
+        for (id, elapsed, bytes) in crawling {
+            let ms = elapsed.as_millis().max(1) as u64;
+            let detail = alloc::format!(
+                "a frame has been arriving for {} s at {} B/s, under the minimum of {} B/s",
+                ms / 1000,
+                (bytes as u64).saturating_mul(1000) / ms,
+                self.config.min_frame_rate
+            );
+            self.close(id, CloseCode::IdleTimeout, &detail);
         }
         self.close_slow_consumers();
     }

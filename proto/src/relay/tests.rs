@@ -812,7 +812,7 @@ fn a_slow_upload_of_a_large_frame_is_not_idle() {
             let used = match (gathered, fed == frame.len()) {
                 (false, _) => net.relay.handle_input(net.now, conn, &frame[..fed]),
                 (true, false) => {
-                    net.relay.input_progress(net.now, conn);
+                    net.relay.input_progress(net.now, conn, fed);
                     0
                 }
                 (true, true) => {
@@ -838,6 +838,77 @@ fn a_slow_upload_of_a_large_frame_is_not_idle() {
                 .any(|s| matches!(s, Seen::Broadcast(g, _, p) if g == "g" && *p == payload)),
             "gathered {gathered}"
         );
+    }
+}
+
+/// A peer that only pretends to send a frame, a byte now and then (slowloris), keeps no
+/// connection: once the idle window has passed, the frame must have come at `min_frame_rate`.
+#[test]
+fn a_frame_trickled_below_the_minimum_rate_closes_the_connection() {
+    for (gathered, rate) in [(false, 128), (true, 128), (false, 0)] {
+        let mut net = Net::with(|c| c.min_frame_rate = rate);
+        let e = net.endpoint_with(key(), &["g"], |c| {
+            c.keepalive = Duration::from_secs(1);
+            c.dead_after = Duration::from_secs(1000);
+        });
+        let other = net.endpoint(&["g"]);
+        net.drive();
+        let conn = net.eps[e].conn.unwrap();
+        let payload = std::vec![7u8; 20_000];
+        let mut frame = std::vec![0; payload.len() + 512];
+        let (_, n) = net.eps[e]
+            .session
+            .publish(PublishKind::Broadcast, &["g"], &payload, &mut frame)
+            .unwrap();
+        frame.truncate(n);
+        // Ten bytes a second: alive by the keepalive rule, far under 128 B/s. (`other`, silent
+        // meanwhile, has the default 15 s idle window.)
+        let mut closed = None;
+        for second in 1..=12usize {
+            net.now = net.now + Duration::from_secs(1);
+            let fed = 10 * second;
+            if gathered && second > 1 {
+                net.relay.input_progress(net.now, conn, fed);
+            } else {
+                assert_eq!(net.relay.handle_input(net.now, conn, &frame[..fed]), 0);
+            }
+            assert!(net.relay.poll_timeout().is_some());
+            net.relay.handle_timeout(net.now);
+            while let Some(ev) = net.relay.poll_event() {
+                if let RelayEvent::Closing {
+                    conn: c,
+                    code,
+                    detail,
+                    ..
+                } = ev
+                    && c == conn
+                {
+                    closed = Some((second, code, detail));
+                }
+            }
+            if closed.is_some() {
+                break;
+            }
+        }
+        if rate == 0 {
+            assert!(closed.is_none(), "no minimum: {closed:?}");
+            continue;
+        }
+        let (second, code, detail) = closed.expect("closed");
+        // The idle window is 3 s (3 intervals of 1 s); the first check after it closes it.
+        assert!((3..=5).contains(&second), "closed after {second} s");
+        assert_eq!(code, CloseCode::IdleTimeout);
+        assert!(
+            detail.contains(" B/s, under the minimum of 128 B/s"),
+            "{detail}"
+        );
+        // Nothing else is affected.
+        net.relay.connection_lost(conn);
+        net.eps[e].conn = None;
+        net.eps[e].session.connection_lost();
+        net.broadcast(other, "g", b"still here");
+        net.drive();
+        assert_eq!(net.seen(other), [b("g", 1, b"still here")]);
     }
 }
 
