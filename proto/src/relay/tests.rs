@@ -241,6 +241,26 @@ impl Net {
         moved
     }
 
+    /// A member of "g" on a slow link (1 s keepalive, so a 3 s idle window, and patient), connected,
+    /// with the frame of a 20,000-byte broadcast to "g" encoded but not sent: (endpoint, its
+    /// connection, payload, frame).
+    fn slow_link_publisher(&mut self) -> (usize, ConnId, Vec<u8>, Vec<u8>) {
+        let e = self.endpoint_with(key(), &["g"], |c| {
+            c.keepalive = Duration::from_secs(1);
+            c.dead_after = Duration::from_secs(1000);
+        });
+        self.drive();
+        let conn = self.eps[e].conn.unwrap();
+        let payload = std::vec![7u8; 20_000];
+        let mut frame = std::vec![0; payload.len() + 512];
+        let (_, n) = self.eps[e]
+            .session
+            .publish(PublishKind::Broadcast, &["g"], &payload, &mut frame)
+            .unwrap();
+        frame.truncate(n);
+        (e, conn, payload, frame)
+    }
+
     /// The relay's confirm delay passes: its deferred confirms go out.
     fn confirm_delay_passes(&mut self) {
         self.now = self.now + self.relay.config().confirm_delay;
@@ -791,19 +811,7 @@ fn a_slow_upload_of_a_large_frame_is_not_idle() {
     // `handle_input_shared` at the end.
     for gathered in [false, true] {
         let mut net = Net::new();
-        let e = net.endpoint_with(key(), &["g"], |c| {
-            c.keepalive = Duration::from_secs(1);
-            c.dead_after = Duration::from_secs(1000);
-        });
-        net.drive();
-        let conn = net.eps[e].conn.unwrap();
-        let payload = std::vec![7u8; 20_000];
-        let mut frame = std::vec![0; payload.len() + 512];
-        let (_, n) = net.eps[e]
-            .session
-            .publish(PublishKind::Broadcast, &["g"], &payload, &mut frame)
-            .unwrap();
-        frame.truncate(n);
+        let (e, conn, payload, frame) = net.slow_link_publisher();
         // 100 bytes every 500 ms: 100 s for the frame, against an idle window of a few seconds.
         let mut fed = 0;
         while fed < frame.len() {
@@ -847,20 +855,8 @@ fn a_slow_upload_of_a_large_frame_is_not_idle() {
 fn a_frame_trickled_below_the_minimum_rate_closes_the_connection() {
     for (gathered, rate) in [(false, 128), (true, 128), (false, 0)] {
         let mut net = Net::with(|c| c.min_frame_rate = rate);
-        let e = net.endpoint_with(key(), &["g"], |c| {
-            c.keepalive = Duration::from_secs(1);
-            c.dead_after = Duration::from_secs(1000);
-        });
         let other = net.endpoint(&["g"]);
-        net.drive();
-        let conn = net.eps[e].conn.unwrap();
-        let payload = std::vec![7u8; 20_000];
-        let mut frame = std::vec![0; payload.len() + 512];
-        let (_, n) = net.eps[e]
-            .session
-            .publish(PublishKind::Broadcast, &["g"], &payload, &mut frame)
-            .unwrap();
-        frame.truncate(n);
+        let (e, conn, _, frame) = net.slow_link_publisher();
         // Ten bytes a second: alive by the keepalive rule, far under 128 B/s. (`other`, silent
         // meanwhile, has the default 15 s idle window.)
         let mut closed = None;
