@@ -337,6 +337,10 @@ pub struct EndpointSession {
     groups: heapless::Vec<GroupState, MAX_GROUPS>,
     next_seq: u64,
     confirmed: u64,
+    /// The highest sequence number the application waits to see confirmed
+    /// ([`request_confirm`](EndpointSession::request_confirm)): a `Ping` asks for it whenever
+    /// none is out, across frames received and reconnects, until a `Confirm` covers it.
+    confirm_wanted: u64,
     relay_max_frame: u32,
     relay_epoch: Option<u64>,
     generation: u32,
@@ -357,6 +361,7 @@ impl EndpointSession {
             groups,
             next_seq: 1,
             confirmed: 0,
+            confirm_wanted: 0,
             relay_max_frame: DEFAULT_RELAY_MAX_FRAME,
             relay_epoch: None,
             generation: 0,
@@ -862,7 +867,18 @@ impl EndpointSession {
                         return Ok(Some(n));
                     }
                 }
-                self.common_control(out)
+                if let Some(n) = self.common_control(out)? {
+                    return Ok(Some(n));
+                }
+                // Asked for a confirm the relay may hold back (never after a `Close`: a closing
+                // relay confirms everything before its answer).
+                if self.confirm_ping_pending() {
+                    let n = Frame::Ping.encode(out)?;
+                    self.conn.ping_sent = true;
+                    self.conn.ping_due = false;
+                    return Ok(Some(n));
+                }
+                Ok(None)
             }
             Phase::Closing => self.common_control(out),
             _ => Ok(None),
@@ -917,14 +933,20 @@ impl EndpointSession {
     /// Asks the relay to confirm now what it has handled, instead of within its confirm delay
     /// (PROTOCOL.md §9.6): a `Ping`, whose `Pong` the deferred `Confirm` travels with. For a
     /// driver whose application waits for a confirm (a receipt, a stop, a full outbox). Does
-    /// nothing when everything is confirmed, outside `Open`, or while a `Ping` is unanswered.
+    /// nothing when everything is confirmed.
+    ///
+    /// The request holds until a `Confirm` covers everything published before it: a `Ping` goes
+    /// (in `Open` only, one unanswered at a time) until then. A frame received in the meantime
+    /// (one that crossed the `Ping`, or the `Pong` of a keepalive `Ping` that left before the
+    /// publish), a reconnect, or a request made while no `Ping` could go does not cancel it.
     pub fn request_confirm(&mut self) {
-        if self.conn.phase == Phase::Open
-            && self.confirmed.saturating_add(1) < self.next_seq
-            && !self.conn.ping_sent
-        {
-            self.conn.ping_due = true;
+        if self.confirmed.saturating_add(1) < self.next_seq {
+            self.confirm_wanted = self.confirm_wanted.max(self.next_seq - 1);
         }
+    }
+
+    fn confirm_ping_pending(&self) -> bool {
+        self.confirm_wanted > self.confirmed && !self.conn.ping_sent
     }
 
     /// Advances timers: handshake deadline, keepalive ping, dead relay. Extra calls are harmless.

@@ -283,10 +283,10 @@ impl Core {
         let mut shutting_down: Option<tokio::time::Instant> = None;
         loop {
             // A deferred confirm falls due (proto holds it back for output to travel with).
-            let confirm_at = self
-                .state
-                .poll_confirm_timeout()
-                .map(|due| self.clock + Duration::from_millis(due.as_millis()));
+            let confirm_at = self.state.poll_confirm_timeout().and_then(|due| {
+                self.clock
+                    .checked_add(Duration::from_millis(due.as_millis()))
+            });
             tokio::select! {
                 Some(input) = self.input.recv() => {
                     self.handle_input(input);

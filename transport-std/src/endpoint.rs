@@ -459,11 +459,16 @@ impl<T: Serialize, C: Codec> Endpoint<T, C> {
             st.check_accepting()?;
             let max = shared.limits.max_buffered;
             if st.outbox.bytes + buf.len() > max {
-                return Err(Error::BufferFull {
+                let full = Error::BufferFull {
                     size: buf.len(),
                     buffered: st.outbox.bytes,
                     max,
-                });
+                };
+                // Room comes with a confirm, which the relay may hold back (PROTOCOL.md §7.1).
+                st.session.request_confirm();
+                drop(st);
+                shared.wake_driver.notify_one();
+                return Err(full);
             }
             let (seq, header_len) = st
                 .session

@@ -1138,6 +1138,12 @@ impl RelayState {
             let dropped: usize = c.out.iter().skip(keep).map(|ch| ch.len()).sum();
             c.backlog -= dropped;
             c.out.truncate(keep);
+            // The `PublishRejected` of a publish it had not confirmed may be among what was
+            // dropped (or refused at the limit): no `Confirm` may cover it now. The endpoint
+            // learns what was handled from `Welcome.last_seq` when it reconnects.
+            c.confirm = None;
+            c.unconfirmed = 0;
+            c.confirm_due = None;
             self.stats.slow_consumers += 1;
             let detail = alloc::format!("more than {} bytes waiting", self.config.outbound_limit);
             self.close(conn, CloseCode::SlowConsumer, &detail);

@@ -1364,3 +1364,154 @@ fn a_rejected_lone_publish_is_confirmed_after_its_rejection() {
         ]
     );
 }
+
+// ---- review tests: delayed confirms ----
+
+/// Feeds `bytes` to endpoint `i`'s session directly (a read that happens before its next write).
+fn read_now(net: &mut Net, i: usize, bytes: &[u8]) {
+    let now = net.now;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match net.eps[i].session.handle_input(now, rest).unwrap() {
+            Input::Frame { consumed, .. } => rest = &rest[consumed..],
+            Input::NeedMore => panic!("partial frame"),
+        }
+    }
+}
+
+/// The relay's output for `conn`, taken off the wire (other connections' output is dropped).
+fn take_output(net: &mut Net, conn: ConnId) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(c) = net.relay.poll_dirty() {
+        while let Some(chunk) = net.relay.poll_transmit(c) {
+            net.relay.handle_written(c, chunk.len());
+            if c == conn {
+                out.extend_from_slice(&chunk);
+            }
+        }
+    }
+    out
+}
+
+/// A frame that crossed the request (sent by the relay before it had the publish) must not
+/// cancel the `Ping` the application asked for.
+#[test]
+fn a_request_for_the_confirm_survives_a_frame_that_crossed_it() {
+    let mut net = Net::new();
+    let p = net.endpoint(&["g"]);
+    let other = net.endpoint(&[]);
+    net.drive();
+    let (conn_p, conn_o) = (net.eps[p].conn.unwrap(), net.eps[other].conn.unwrap());
+    // A broadcast to p is on the wire.
+    net.broadcast(other, "g", b"crossing");
+    let frame = net.eps[other].outbox.remove(0);
+    net.relay.handle_input(net.now, conn_o, &frame);
+    let to_p = take_output(&mut net, conn_p);
+    assert!(!to_p.is_empty());
+    // p publishes alone (the relay defers its confirm); its application waits and asks.
+    let s1 = net.broadcast(p, "h", b"x");
+    let frame = net.eps[p].outbox.remove(0);
+    net.relay.handle_input(net.now, conn_p, &frame);
+    assert!(take_output(&mut net, conn_p).is_empty(), "deferred");
+    net.eps[p].session.request_confirm();
+    // p reads the crossing broadcast before its driver writes again.
+    read_now(&mut net, p, &to_p);
+    let mut buf = [0u8; 64];
+    let n = net.eps[p].session.poll_transmit(&mut buf).unwrap();
+    assert!(n > 0, "the Ping asked for is still sent");
+    net.relay.handle_input(net.now, conn_p, &buf[..n]);
+    net.drive();
+    assert_eq!(net.confirms(p), [s1]);
+    assert_eq!(
+        net.eps[p].session.poll_transmit(&mut buf).unwrap(),
+        0,
+        "asked once"
+    );
+}
+
+/// An application that starts waiting while a keepalive `Ping` is unanswered gets its
+/// confirm without the relay's delay: that `Pong` may have left before the publish arrived.
+#[test]
+fn a_request_while_a_keepalive_ping_is_out_is_not_lost() {
+    let (mut net, _c, p) = member_and_sender();
+    let conn_p = net.eps[p].conn.unwrap();
+    // p's keepalive Ping; the relay answers before p's publish arrives.
+    net.now = net.now + net.eps[p].session.config().keepalive;
+    net.eps[p].session.handle_timeout(net.now);
+    let mut buf = [0u8; 64];
+    let n = net.eps[p].session.poll_transmit(&mut buf).unwrap();
+    net.relay.handle_input(net.now, conn_p, &buf[..n]);
+    let pong = take_output(&mut net, conn_p);
+    let s1 = net.broadcast(p, "g", b"x");
+    let frame = net.eps[p].outbox.remove(0);
+    net.relay.handle_input(net.now, conn_p, &frame);
+    assert!(take_output(&mut net, conn_p).is_empty(), "deferred");
+    net.eps[p].session.request_confirm(); // the application waits
+    read_now(&mut net, p, &pong);
+    net.drive();
+    assert_eq!(
+        net.confirms(p),
+        [s1],
+        "confirmed without waiting confirm_delay"
+    );
+}
+
+/// Publish while disconnected, wait, reconnect: the resend comes alone, and the wait asked for
+/// a confirm that only the relay's timer brings.
+#[test]
+fn a_request_made_while_disconnected_is_not_lost() {
+    let (mut net, _c, p) = member_and_sender();
+    net.kill(p);
+    let s1 = net.broadcast(p, "g", b"x");
+    net.eps[p].session.request_confirm(); // the application waits
+    net.connect(p);
+    net.drive();
+    assert_eq!(
+        net.confirms(p),
+        [s1],
+        "confirmed without waiting confirm_delay"
+    );
+}
+
+/// A slow consumer's close drops the `PublishRejected` of its own publish, then confirms it:
+/// the endpoint sees its publish accepted (§9.6: a rejection always precedes its confirm).
+#[test]
+fn a_slow_close_does_not_confirm_a_publish_whose_rejection_it_dropped() {
+    let mut net = Net::with(|c| {
+        c.outbound_limit = 100_000;
+        let mut list = BTreeMap::new();
+        list.insert("g".into(), GroupLimits::default());
+        c.allowed_groups = Some(list);
+    });
+    let sender = net.endpoint(&[]);
+    let slow = net.endpoint(&["g"]);
+    net.drive();
+    let conn = net.eps[slow].conn.take().unwrap();
+    for _ in 0..4 {
+        net.broadcast(sender, "g", &std::vec![3u8; 30_000]);
+    }
+    net.drive();
+    // The slow member publishes to a refused group.
+    let s1 = net.broadcast(slow, "nope", b"x");
+    let frame = net.eps[slow].outbox.remove(0);
+    net.relay.handle_input(net.now, conn, &frame);
+    let mut wire = Vec::new();
+    while let Some(chunk) = net.relay.poll_transmit(conn) {
+        wire.extend_from_slice(&chunk);
+    }
+    let mut kinds = Vec::new();
+    let mut rest = &wire[..];
+    while !rest.is_empty() {
+        let len = frame::frame_len(rest, u32::MAX).unwrap().unwrap();
+        let f = frame::decode(&rest[..len]).unwrap();
+        if let Frame::Confirm(c) = &f {
+            assert!(
+                kinds.contains(&frame::Kind::PublishRejected),
+                "Confirm {{ up_to: {} }} (s1 = {s1}) without the rejection before it: {kinds:?}",
+                c.up_to
+            );
+        }
+        kinds.push(f.kind());
+        rest = &rest[len..];
+    }
+}

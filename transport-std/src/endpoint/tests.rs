@@ -1584,3 +1584,54 @@ async fn large_and_small_objects_mixed_arrive_whole_and_in_order() {
         bounded("receipt", r.wait()).await.unwrap();
     }
 }
+
+// ---- review tests: delayed confirms ----
+
+/// A receipt waited on while disconnected: after the reconnect its publish is resent alone
+/// (the relay holds back that confirm), and the wait must still ask for it with a `Ping`.
+#[tokio::test]
+async fn a_receipt_waited_on_while_disconnected_asks_after_the_reconnect() {
+    let relay = FakeRelay::new().await;
+    let (endpoint, conn) = relay.connect::<u32>(&[]).await;
+    let mut events = endpoint.events();
+    drop(conn);
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+    let receipt = endpoint.broadcast(&1, "g").unwrap();
+    let waiter = tokio::spawn(receipt.wait());
+    sleep(Duration::from_millis(50)).await;
+    let mut conn = relay.accept().await;
+    assert!(conn.handshake(&relay.key, Welcomed::default()).await);
+    let raw = bounded("resend", conn.next()).await.unwrap();
+    assert_eq!(decode(&raw).kind(), frame::Kind::Publish);
+    let raw = timeout(Duration::from_secs(1), conn.next())
+        .await
+        .expect("a Ping asking for the confirm the receipt waits for")
+        .unwrap();
+    assert_eq!(decode(&raw), Frame::Ping);
+    conn.send(&Frame::Pong).await;
+    conn.send(&Frame::Confirm(Confirm { up_to: 1 })).await;
+    bounded("receipt", waiter).await.unwrap().unwrap();
+}
+
+/// No room for the next publish (§7.1): the endpoint asks for the confirm that frees it.
+#[tokio::test]
+async fn a_full_buffer_asks_for_the_confirm_that_frees_it() {
+    let relay = FakeRelay::new().await;
+    let builder = relay.builder::<Vec<u8>>().max_buffered_bytes(200);
+    let (endpoint, mut conn) = relay.connect_with(builder, Welcomed::default()).await;
+    let _first = endpoint.broadcast(&vec![1; 120], "g").unwrap();
+    let raw = bounded("publish", conn.next()).await.unwrap();
+    assert_eq!(decode(&raw).kind(), frame::Kind::Publish);
+    assert!(matches!(
+        endpoint.broadcast(&vec![2; 120], "g"),
+        Err(Error::BufferFull { .. })
+    ));
+    let raw = timeout(Duration::from_secs(1), conn.next())
+        .await
+        .expect("a Ping asking for the confirm that makes room")
+        .unwrap();
+    assert_eq!(decode(&raw), Frame::Ping);
+}
