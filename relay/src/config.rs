@@ -13,6 +13,8 @@
 //! handshake_timeout = "10s"     # with a us, ms, s or m suffix
 //! idle_intervals = 3            # silent keepalive intervals before an endpoint is dropped
 //! max_sessions = 100000         # disconnected sessions remembered to recognise resends
+//! max_keepalive = "5m"          # the longest keepalive an endpoint may state: past it the
+//!                               # relay pings (and drops the silent) at this interval
 //! min_frame_rate = 128          # bytes/s a frame must average once the idle window passed
 //!                               # (slowloris); 0 turns it off
 //! # busy_poll = "200us"         # spin this long after traffic instead of sleeping: lower
@@ -94,6 +96,10 @@ pub struct RelayFileConfig {
     pub idle_intervals: Option<u32>,
     /// Sessions remembered after they disconnect, to recognise resent publishes.
     pub max_sessions: Option<usize>,
+    /// The longest keepalive interval of an endpoint the relay honours
+    /// (`RelayConfig::max_keepalive`).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub max_keepalive: Option<Duration>,
     /// Bytes per second a frame still arriving after the idle window must have averaged
     /// (`RelayConfig::min_frame_rate`); 0: no minimum.
     pub min_frame_rate: Option<u32>,
@@ -269,6 +275,9 @@ impl RelayFileConfig {
         }
         if let Some(n) = self.max_sessions {
             config.max_sessions = n;
+        }
+        if let Some(t) = self.max_keepalive {
+            config.max_keepalive = t;
         }
         if let Some(n) = self.min_frame_rate {
             config.min_frame_rate = n;
@@ -495,6 +504,7 @@ max_connections = 10000
 handshake_timeout = "10s"
 idle_intervals = 3
 max_sessions = 100000
+max_keepalive = "5m"
 min_frame_rate = 128
 
 [groups.consumers]
@@ -548,6 +558,7 @@ overflow = "reject"
         assert_eq!(c.idle_intervals, 3);
         assert_eq!(c.max_sessions, 100_000);
         assert_eq!(c.min_frame_rate, 128);
+        assert_eq!(c.max_keepalive, Duration::from_secs(300));
         let allowed = c.allowed_groups.as_ref().expect("allow-list on");
         assert_eq!(
             allowed.get("consumers"),

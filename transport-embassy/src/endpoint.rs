@@ -152,13 +152,13 @@ impl<'a, M: RawMutex> Endpoint<'a, M> {
     /// Like [`broadcast`](Self::broadcast), but returns [`Error::OutboxFull`] instead of waiting.
     pub fn try_broadcast(&self, groups: &[&str], payload: &[u8]) -> Result<u64, Error> {
         self.try_publish_bytes(PublishKind::Broadcast, groups, payload)?
-            .ok_or(Error::OutboxFull)
+            .ok_or_else(|| self.outbox_full())
     }
 
     /// Like [`produce`](Self::produce), but returns [`Error::OutboxFull`] instead of waiting.
     pub fn try_produce(&self, groups: &[&str], payload: &[u8]) -> Result<u64, Error> {
         self.try_publish_bytes(PublishKind::Produce, groups, payload)?
-            .ok_or(Error::OutboxFull)
+            .ok_or_else(|| self.outbox_full())
     }
 
     /// Like [`broadcast_value`](Self::broadcast_value), but returns [`Error::OutboxFull`]
@@ -169,7 +169,7 @@ impl<'a, M: RawMutex> Endpoint<'a, M> {
         value: &T,
     ) -> Result<u64, Error> {
         self.try_publish_value(PublishKind::Broadcast, groups, value)?
-            .ok_or(Error::OutboxFull)
+            .ok_or_else(|| self.outbox_full())
     }
 
     /// Like [`produce_value`](Self::produce_value), but returns [`Error::OutboxFull`] instead
@@ -180,7 +180,7 @@ impl<'a, M: RawMutex> Endpoint<'a, M> {
         value: &T,
     ) -> Result<u64, Error> {
         self.try_publish_value(PublishKind::Produce, groups, value)?
-            .ok_or(Error::OutboxFull)
+            .ok_or_else(|| self.outbox_full())
     }
 
     /// Grants credit for produced objects of `group` (one of this endpoint's groups): `n > 0`
@@ -309,6 +309,16 @@ impl<'a, M: RawMutex> Endpoint<'a, M> {
         })
     }
 
+    /// [`Error::OutboxFull`], having asked the relay for the confirm that frees room (it may
+    /// hold it back for its confirm delay), so that a retry soon after can succeed.
+    fn outbox_full(&self) -> Error {
+        self.state.with(|i| {
+            i.session.request_confirm();
+            i.wake_runner();
+        });
+        Error::OutboxFull
+    }
+
     /// Retries `attempt` each time the outbox frees room, until it is done or fails.
     async fn wait_room(
         &self,
@@ -318,12 +328,9 @@ impl<'a, M: RawMutex> Endpoint<'a, M> {
             Ok(Some(seq)) => Poll::Ready(Ok(seq)),
             Err(e) => Poll::Ready(Err(e)),
             Ok(None) => {
-                self.state.with(|i| {
-                    i.space_wakers.register(cx.waker());
-                    // Room comes with a confirm, which the relay may hold back for a while.
-                    i.session.request_confirm();
-                    i.wake_runner();
-                });
+                self.state.with(|i| i.space_wakers.register(cx.waker()));
+                // Room comes with a confirm, which the relay may hold back for a while.
+                let _ = self.outbox_full();
                 // Room may have been freed between the attempt and the registration.
                 match attempt() {
                     Ok(Some(seq)) => Poll::Ready(Ok(seq)),

@@ -68,6 +68,9 @@ pub struct RelayConfig {
     /// How long the `Confirm` of a publish that came alone may wait for other output to the
     /// same endpoint to travel with (PROTOCOL.md §9.6).
     pub confirm_delay: Duration,
+    /// The longest keepalive interval of an endpoint the relay honours: it pings a silent
+    /// endpoint after at most this, and closes it after `idle_intervals` of them.
+    pub max_keepalive: Duration,
     /// A frame still arriving after the connection's idle window (`idle_intervals` keepalive
     /// intervals) must have come at this many bytes per second on average since its first byte,
     /// or the connection is closed (PROTOCOL.md §9.10). 0: no minimum.
@@ -79,7 +82,8 @@ pub const DEFAULT_MAX_OBJECT: u32 = 16 * 1024 * 1024;
 
 impl RelayConfig {
     /// Defaults: 16 MiB objects, any group, 10,000 groups and connections, 64 MiB outbound
-    /// per connection, 10 s handshake, 3 silent keepalive intervals, 25 ms confirm delay, frames arriving at 128 B/s at least.
+    /// per connection, 10 s handshake, 3 silent keepalive intervals of at most 5 min, 25 ms
+    /// confirm delay, frames arriving at 128 B/s at least.
     pub fn new(key: AuthKey, epoch: u64) -> Self {
         RelayConfig {
             key,
@@ -95,6 +99,7 @@ impl RelayConfig {
             max_sessions: 100_000,
             confirm_delay: Duration::from_millis(25),
             min_frame_rate: 128,
+            max_keepalive: Duration::from_secs(300),
         }
     }
 

@@ -553,6 +553,11 @@ impl RelayState {
                 }
             }
             consumed += len;
+            // A connection this frame put past its backlog limit is closed now, as a slow
+            // consumer: a later frame of the batch (its own `Close`, a malformed one) must not
+            // close it otherwise, confirming a publish whose `PublishRejected` was refused at the
+            // limit, and leaving it listed to have that `Close` dropped afterwards.
+            self.close_slow_consumers();
         }
         if let Some(c) = self.conns.get_mut(&conn) {
             // The rest is the start of the next frame; a new frame when one ended here.
@@ -609,7 +614,11 @@ impl RelayState {
                     return;
                 }
                 c.max_frame = h.max_frame;
-                c.keepalive = Duration::from_millis(u64::from(h.keepalive_ms.max(100)));
+                // Honoured between 100 ms and `max_keepalive`: a peer stating a huge interval
+                // would otherwise never be idle (the relay pings it at the cap instead, and a
+                // live endpoint answers).
+                c.keepalive = Duration::from_millis(u64::from(h.keepalive_ms.max(100)))
+                    .min(self.config.max_keepalive.max(Duration::from_millis(100)));
                 let nonce = c.relay_nonce;
                 c.phase = Phase::AwaitProof(Box::new(HelloInfo {
                     nonce: h.nonce,
@@ -1066,7 +1075,7 @@ impl RelayState {
         if c.confirm.is_none() || !matches!(c.phase, Phase::Open) {
             return;
         }
-        if c.dirty || c.unconfirmed >= 2 {
+        if c.dirty || !c.out.is_empty() || c.unconfirmed >= 2 {
             // `poll_dirty` appends the `Confirm` to whatever is queued.
             self.conns.mark_dirty(conn);
         } else if c.confirm_due.is_none() {
@@ -1094,8 +1103,20 @@ impl RelayState {
     /// When the next deferred `Confirm` falls due: call
     /// [`handle_confirm_timeout`](Self::handle_confirm_timeout) then. Cheap (no scan), unlike
     /// [`poll_timeout`](Self::poll_timeout), which includes it.
-    pub fn poll_confirm_timeout(&self) -> Option<Instant> {
-        self.confirm_due.front().map(|(due, _)| *due)
+    pub fn poll_confirm_timeout(&mut self) -> Option<Instant> {
+        // An entry whose confirm went with other output since is stale: dropped here, so that
+        // the driver is not woken for it.
+        while let Some(&(due, conn)) = self.confirm_due.front() {
+            if self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| c.confirm_due == Some(due))
+            {
+                return Some(due);
+            }
+            self.confirm_due.pop_front();
+        }
+        None
     }
 
     /// Queues the deferred confirms that are due at `now`.
@@ -1130,6 +1151,10 @@ impl RelayState {
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
+            if matches!(c.phase, Phase::Closed) {
+                // Closed for another reason since: its `Close` is queued and must go out.
+                continue;
+            }
             // What is still queued for it is dropped; the Close frame goes out alone. Only the
             // rest of a frame already begun stays: a shared payload at the front follows a
             // header the driver has taken (`Out::Frame`), and cutting it would garble the
@@ -1173,7 +1198,13 @@ impl RelayState {
             return;
         }
         let was_open = matches!(c.phase, Phase::Open);
-        if was_open {
+        if was_open && c.slow {
+            // Output was refused at the limit, maybe the `PublishRejected` of a publish not
+            // confirmed yet: no `Confirm` may cover it (as in `close_slow_consumers`).
+            c.confirm = None;
+            c.unconfirmed = 0;
+            c.confirm_due = None;
+        } else if was_open {
             // What was handled is confirmed before the `Close` (even past the backlog limit,
             // as the `Close` is): the endpoint must not resend it.
             Self::append_confirm(c);
@@ -1301,7 +1332,8 @@ impl RelayState {
     /// drivers with many connections may instead call `handle_timeout` on a fixed tick).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let scan = self.conns.values().filter_map(|c| self.deadline(c)).min();
-        match (scan, self.poll_confirm_timeout()) {
+        // Possibly a stale entry, so possibly early: harmless.
+        match (scan, self.confirm_due.front().map(|(due, _)| *due)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

@@ -1365,8 +1365,6 @@ fn a_rejected_lone_publish_is_confirmed_after_its_rejection() {
     );
 }
 
-// ---- review tests: delayed confirms ----
-
 /// Feeds `bytes` to endpoint `i`'s session directly (a read that happens before its next write).
 fn read_now(net: &mut Net, i: usize, bytes: &[u8]) {
     let now = net.now;
@@ -1473,10 +1471,10 @@ fn a_request_made_while_disconnected_is_not_lost() {
     );
 }
 
-/// A slow consumer's close drops the `PublishRejected` of its own publish, then confirms it:
-/// the endpoint sees its publish accepted (§9.6: a rejection always precedes its confirm).
-#[test]
-fn a_slow_close_does_not_confirm_a_publish_whose_rejection_it_dropped() {
+/// A relay with only group "g" allowed and a 100,000-byte outbound limit, and a member of "g"
+/// that reads nothing (its connection taken out of the network) with 120,000 bytes of
+/// broadcasts waiting: past its limit. (net, the sender of those, the member, its connection.)
+fn slow_member_past_its_limit() -> (Net, usize, usize, ConnId) {
     let mut net = Net::with(|c| {
         c.outbound_limit = 100_000;
         let mut list = BTreeMap::new();
@@ -1491,19 +1489,37 @@ fn a_slow_close_does_not_confirm_a_publish_whose_rejection_it_dropped() {
         net.broadcast(sender, "g", &std::vec![3u8; 30_000]);
     }
     net.drive();
-    // The slow member publishes to a refused group.
-    let s1 = net.broadcast(slow, "nope", b"x");
-    let frame = net.eps[slow].outbox.remove(0);
-    net.relay.handle_input(net.now, conn, &frame);
+    (net, sender, slow, conn)
+}
+
+/// The frames the relay has queued for `conn` (taken, as the driver would), one `Vec` each.
+fn queued_frames(net: &mut Net, conn: ConnId) -> Vec<Vec<u8>> {
     let mut wire = Vec::new();
     while let Some(chunk) = net.relay.poll_transmit(conn) {
         wire.extend_from_slice(&chunk);
     }
-    let mut kinds = Vec::new();
+    let mut frames = Vec::new();
     let mut rest = &wire[..];
     while !rest.is_empty() {
         let len = frame::frame_len(rest, u32::MAX).unwrap().unwrap();
-        let f = frame::decode(&rest[..len]).unwrap();
+        frames.push(rest[..len].to_vec());
+        rest = &rest[len..];
+    }
+    frames
+}
+
+/// A slow consumer's close drops the `PublishRejected` of its own publish: it must not confirm
+/// that publish after it (§9.6: a rejection always precedes its confirm).
+#[test]
+fn a_slow_close_does_not_confirm_a_publish_whose_rejection_it_dropped() {
+    let (mut net, _sender, slow, conn) = slow_member_past_its_limit();
+    // The slow member publishes to a refused group.
+    let s1 = net.broadcast(slow, "nope", b"x");
+    let frame = net.eps[slow].outbox.remove(0);
+    net.relay.handle_input(net.now, conn, &frame);
+    let mut kinds = Vec::new();
+    for raw in queued_frames(&mut net, conn) {
+        let f = frame::decode(&raw).unwrap();
         if let Frame::Confirm(c) = &f {
             assert!(
                 kinds.contains(&frame::Kind::PublishRejected),
@@ -1512,6 +1528,86 @@ fn a_slow_close_does_not_confirm_a_publish_whose_rejection_it_dropped() {
             );
         }
         kinds.push(f.kind());
-        rest = &rest[len..];
     }
+}
+
+/// A slow consumer (past its backlog limit) whose last batch holds a publish the relay refuses
+/// and then its own `Close` (an endpoint that stops at once, as the embassy one does): the
+/// `PublishRejected` was refused at the limit, so no `Confirm` may cover that publish, and the
+/// `Close` the connection got must still go out, also when other input makes the relay close
+/// its slow consumers before the driver writes (it drains its input channel first).
+#[test]
+fn a_slow_consumer_that_closes_in_the_same_batch_gets_no_confirm_of_a_dropped_rejection() {
+    for other_input in [false, true] {
+        let (mut net, sender, slow, conn) = slow_member_past_its_limit();
+        // One batch: a publish to a refused group, then the endpoint's `Close`.
+        let s1 = net.broadcast(slow, "nope", b"x");
+        let mut batch = net.eps[slow].outbox.remove(0);
+        batch.extend_from_slice(
+            &Frame::Close(Close {
+                code: CloseCode::Normal,
+                detail: "",
+            })
+            .to_vec(),
+        );
+        net.relay.handle_input(net.now, conn, &batch);
+        if other_input {
+            net.broadcast(sender, "g", b"more");
+            net.drive();
+        }
+        let mut kinds = Vec::new();
+        for raw in queued_frames(&mut net, conn) {
+            let f = frame::decode(&raw).unwrap();
+            if let Frame::Confirm(c) = &f {
+                assert!(
+                    c.up_to < s1 || kinds.contains(&frame::Kind::PublishRejected),
+                    "other input {other_input}: Confirm {{ up_to: {} }} (s1 = {s1}) without \
+                     the rejection before it",
+                    c.up_to
+                );
+            }
+            kinds.push(f.kind());
+        }
+        assert_eq!(
+            kinds.last(),
+            Some(&frame::Kind::Close),
+            "other input {other_input}: the Close is gone"
+        );
+    }
+}
+
+/// A peer stating a huge keepalive is held to the relay's `max_keepalive`: pinged after it, and
+/// closed as idle after `idle_intervals` of it when it does not answer (else it could sit
+/// silent for weeks).
+#[test]
+fn a_huge_stated_keepalive_is_capped_by_the_relay() {
+    let mut net = Net::with(|c| c.max_keepalive = Duration::from_secs(1));
+    let e = net.endpoint_with(key(), &["g"], |c| {
+        c.keepalive = Duration::from_secs(40 * 24 * 3600);
+        c.dead_after = Duration::from_secs(80 * 24 * 3600);
+    });
+    net.drive();
+    let conn = net.eps[e].conn.unwrap();
+    // It answers the relay's pings: still connected after a minute.
+    for _ in 0..60 {
+        net.now = net.now + Duration::from_secs(1);
+        net.relay.handle_timeout(net.now);
+        net.drive();
+    }
+    assert_eq!(net.eps[e].conn, Some(conn));
+    // It stops answering: closed as idle within the capped window.
+    let mut closed = None;
+    for second in 1..=5 {
+        net.now = net.now + Duration::from_secs(1);
+        net.relay.handle_timeout(net.now);
+        while let Some(ev) = net.relay.poll_event() {
+            if let RelayEvent::Closing { code, .. } = ev {
+                closed = Some((second, code));
+            }
+        }
+        if closed.is_some() {
+            break;
+        }
+    }
+    assert_eq!(closed, Some((3, CloseCode::IdleTimeout)));
 }

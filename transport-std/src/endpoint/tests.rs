@@ -1585,8 +1585,6 @@ async fn large_and_small_objects_mixed_arrive_whole_and_in_order() {
     }
 }
 
-// ---- review tests: delayed confirms ----
-
 /// A receipt waited on while disconnected: after the reconnect its publish is resent alone
 /// (the relay holds back that confirm), and the wait must still ask for it with a `Ping`.
 #[tokio::test]
