@@ -347,6 +347,16 @@ struct Conn {
     paused: bool,
 }
 
+impl Conn {
+    /// No `Confirm` is pending any more (sent, or never to be sent).
+    fn forget_confirm(&mut self) {
+        self.confirm = None;
+        self.unconfirmed = 0;
+        // A listed deadline is stale from now on.
+        self.confirm_due = None;
+    }
+}
+
 #[derive(Debug)]
 struct Group {
     name: Arc<str>,
@@ -1088,11 +1098,10 @@ impl RelayState {
     /// Appends `c`'s pending `Confirm` to its output (after everything queued: the rejections
     /// of the publishes it covers come first).
     fn append_confirm(c: &mut Conn) {
-        let Some(up_to) = c.confirm.take() else {
+        let Some(up_to) = c.confirm else {
             return;
         };
-        c.unconfirmed = 0;
-        c.confirm_due = None;
+        c.forget_confirm();
         let mut buf = [0u8; 16];
         let n = Frame::Confirm(Confirm { up_to })
             .encode(&mut buf)
@@ -1166,9 +1175,7 @@ impl RelayState {
             // The `PublishRejected` of a publish it had not confirmed may be among what was
             // dropped (or refused at the limit): no `Confirm` may cover it now. The endpoint
             // learns what was handled from `Welcome.last_seq` when it reconnects.
-            c.confirm = None;
-            c.unconfirmed = 0;
-            c.confirm_due = None;
+            c.forget_confirm();
             self.stats.slow_consumers += 1;
             let detail = alloc::format!("more than {} bytes waiting", self.config.outbound_limit);
             self.close(conn, CloseCode::SlowConsumer, &detail);
@@ -1201,9 +1208,7 @@ impl RelayState {
         if was_open && c.slow {
             // Output was refused at the limit, maybe the `PublishRejected` of a publish not
             // confirmed yet: no `Confirm` may cover it (as in `close_slow_consumers`).
-            c.confirm = None;
-            c.unconfirmed = 0;
-            c.confirm_due = None;
+            c.forget_confirm();
         } else if was_open {
             // What was handled is confirmed before the `Close` (even past the backlog limit,
             // as the `Close` is): the endpoint must not resend it.
