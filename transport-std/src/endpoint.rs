@@ -233,6 +233,8 @@ impl Receipt {
 
     /// Waits until the relay confirms the object (`Ok`), refuses it for some groups
     /// ([`PublishError::Rejected`]), or the endpoint ends first ([`PublishError::Unconfirmed`]).
+    /// The relay may hold back the confirm of a publish that came alone for up to its confirm
+    /// delay (25 ms), for other output to go with; waiting asks for it at once (a `Ping`).
     pub async fn wait(self) -> Result<(), PublishError> {
         self.request_confirm();
         self.rx
@@ -340,7 +342,8 @@ impl<T, C: Codec> Endpoint<T, C> {
         self.inner.shared.lock().inbox.bytes
     }
 
-    /// Frame bytes of published objects the relay has not confirmed yet.
+    /// Frame bytes of published objects the relay has not confirmed yet. The last of a burst
+    /// can stay for the relay's confirm delay (25 ms) when nobody waits on its receipt.
     pub fn buffered_bytes(&self) -> usize {
         self.inner.shared.lock().outbox.bytes
     }
