@@ -13,6 +13,8 @@
 //! handshake_timeout = "10s"     # with a us, ms, s or m suffix
 //! idle_intervals = 3            # silent keepalive intervals before an endpoint is dropped
 //! max_sessions = 100000         # disconnected sessions remembered to recognise resends
+//! confirm_delay = "25ms"        # how long the confirm of a lone publish may wait for other
+//!                               # output to its sender (at most 1s)
 //! max_keepalive = "5m"          # the longest keepalive an endpoint may state: past it the
 //!                               # relay pings (and drops the silent) at this interval
 //! min_frame_rate = 128          # bytes/s a frame must average once the idle window passed
@@ -62,6 +64,9 @@ use tlsro_proto::relay::{DEFAULT_MAX_OBJECT, GroupLimits, Overflow, RelayConfig}
 
 use crate::RelayBuilder;
 
+/// The longest `confirm_delay` a file may set.
+pub const MAX_CONFIRM_DELAY: Duration = Duration::from_secs(1);
+
 /// Room for the frame header on top of the largest object: `max_frame = max_object_size + 1024`.
 pub const FRAME_HEADER_ROOM: u32 = 1024;
 
@@ -96,6 +101,10 @@ pub struct RelayFileConfig {
     pub idle_intervals: Option<u32>,
     /// Sessions remembered after they disconnect, to recognise resent publishes.
     pub max_sessions: Option<usize>,
+    /// How long the confirm of a publish that came alone may wait for other output to its
+    /// sender (`RelayConfig::confirm_delay`), at most [`MAX_CONFIRM_DELAY`].
+    #[serde(default, deserialize_with = "de_duration")]
+    pub confirm_delay: Option<Duration>,
     /// The longest keepalive interval of an endpoint the relay honours
     /// (`RelayConfig::max_keepalive`).
     #[serde(default, deserialize_with = "de_duration")]
@@ -239,6 +248,13 @@ impl RelayFileConfig {
                 "outbound_limit ({outbound} bytes) does not fit this machine's memory"
             ));
         }
+        if let Some(d) = self.confirm_delay
+            && d > MAX_CONFIRM_DELAY
+        {
+            return Err(format!(
+                "confirm_delay ({d:?}) is too long: at most {MAX_CONFIRM_DELAY:?} (endpoints that                  do not ask would keep their last publish that long)"
+            ));
+        }
         Ok(())
     }
 
@@ -275,6 +291,9 @@ impl RelayFileConfig {
         }
         if let Some(n) = self.max_sessions {
             config.max_sessions = n;
+        }
+        if let Some(t) = self.confirm_delay {
+            config.confirm_delay = t;
         }
         if let Some(t) = self.max_keepalive {
             config.max_keepalive = t;
@@ -504,6 +523,7 @@ max_connections = 10000
 handshake_timeout = "10s"
 idle_intervals = 3
 max_sessions = 100000
+confirm_delay = "25ms"
 max_keepalive = "5m"
 min_frame_rate = 128
 
@@ -559,6 +579,7 @@ overflow = "reject"
         assert_eq!(c.max_sessions, 100_000);
         assert_eq!(c.min_frame_rate, 128);
         assert_eq!(c.max_keepalive, Duration::from_secs(300));
+        assert_eq!(c.confirm_delay, Duration::from_millis(25));
         let allowed = c.allowed_groups.as_ref().expect("allow-list on");
         assert_eq!(
             allowed.get("consumers"),
@@ -641,6 +662,7 @@ overflow = "reject"
         assert!(parse_err("max_object_size = 0").contains("0 bytes"));
         assert!(parse_err("max_object_size = \"8GiB\"").contains("too large"));
         assert!(parse_err("max_object_size = 1.5").contains("a size"));
+        assert!(parse_err("confirm_delay = \"2s\"").contains("confirm_delay (2s) is too long"));
         let e = parse_err("max_object_size = \"16 MB\"");
         assert!(e.contains("max_object_size") && e.contains("MiB"), "{e}");
     }
