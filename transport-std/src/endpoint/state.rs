@@ -337,6 +337,18 @@ impl Outbox {
         self.entries.is_empty()
     }
 
+    /// The room the entries' buffers take (at least `bytes`).
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| match &e.buf {
+                FrameBuf::Owned(buf) => buf.capacity(),
+                FrameBuf::Shared(buf) => buf.capacity(),
+            })
+            .sum()
+    }
+
     pub(crate) fn has_unsent(&self) -> bool {
         self.next_to_send < self.entries.len()
     }

@@ -720,6 +720,28 @@ async fn rejections_reach_the_receipt_and_the_events() {
     }
 }
 
+/// An object's encode buffer starts with the room the previous one took (no growing by
+/// reallocation), but a small object after a large one does not keep that room: the outbox
+/// limit counts bytes, so room it kept would be memory nobody accounts for.
+#[tokio::test]
+async fn small_objects_after_a_large_one_do_not_keep_its_room() {
+    let relay = FakeRelay::new().await;
+    let (endpoint, _conn) = relay.connect::<Vec<u8>>(&[]).await;
+    let _large = endpoint.broadcast(&vec![1; 300_000], "g").unwrap();
+    let large_room = endpoint.inner.shared.lock().outbox.room();
+    assert!(large_room >= 300_000);
+    for _ in 0..100 {
+        let _ = endpoint.broadcast(&vec![2; 8], "g").unwrap();
+    }
+    let st = endpoint.inner.shared.lock();
+    let small_room = st.outbox.room() - large_room;
+    assert!(
+        small_room < 100 * 256,
+        "100 small frames keep {small_room} bytes of room for {} bytes",
+        st.outbox.bytes
+    );
+}
+
 #[tokio::test]
 async fn send_limits_are_checked_at_the_call() {
     let relay = FakeRelay::new().await;
