@@ -64,6 +64,9 @@ use tlsro_proto::relay::{DEFAULT_MAX_OBJECT, GroupLimits, Overflow, RelayConfig}
 
 use crate::RelayBuilder;
 
+/// The shortest `max_keepalive` a file may set: the relay honours no keepalive under it.
+pub const MIN_KEEPALIVE: Duration = Duration::from_millis(100);
+
 /// The longest `confirm_delay` a file may set.
 pub const MAX_CONFIRM_DELAY: Duration = Duration::from_secs(1);
 
@@ -252,8 +255,23 @@ impl RelayFileConfig {
             && d > MAX_CONFIRM_DELAY
         {
             return Err(format!(
-                "confirm_delay ({d:?}) is too long: at most {MAX_CONFIRM_DELAY:?} (endpoints that                  do not ask would keep their last publish that long)"
+                "confirm_delay ({d:?}) is too long: at most {MAX_CONFIRM_DELAY:?} (endpoints \
+                 that do not ask would keep their last publish that long)"
             ));
+        }
+        if let Some(t) = self.max_keepalive
+            && t < MIN_KEEPALIVE
+        {
+            return Err(format!(
+                "max_keepalive ({t:?}) is too short: at least {MIN_KEEPALIVE:?}, the shortest \
+                 keepalive the relay honours"
+            ));
+        }
+        if self.idle_intervals == Some(0) {
+            return Err(
+                "idle_intervals must be at least 1 (0 would close every endpoint at once as idle)"
+                    .to_owned(),
+            );
         }
         Ok(())
     }
@@ -480,8 +498,8 @@ fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Dura
     let duration = deserializer.deserialize_any(DurationVisitor)?;
     if duration.is_zero() {
         return Err(de::Error::custom(
-            "a duration of 0 is not usable (a timeout would expire at once, a busy-poll window \
-             would never spin)",
+            "a duration of 0 is not usable here (a timeout would expire at once, a window or \
+             an interval would be empty)",
         ));
     }
     Ok(Some(duration))
@@ -662,7 +680,14 @@ overflow = "reject"
         assert!(parse_err("max_object_size = 0").contains("0 bytes"));
         assert!(parse_err("max_object_size = \"8GiB\"").contains("too large"));
         assert!(parse_err("max_object_size = 1.5").contains("a size"));
-        assert!(parse_err("confirm_delay = \"2s\"").contains("confirm_delay (2s) is too long"));
+        let e = parse_err("confirm_delay = \"2s\"");
+        assert!(
+            e.contains("confirm_delay (2s) is too long") && !e.contains("  "),
+            "{e}"
+        );
+        let e = parse_err("max_keepalive = \"50ms\"");
+        assert!(e.contains("max_keepalive (50ms) is too short"), "{e}");
+        assert!(parse_err("idle_intervals = 0").contains("idle_intervals must be at least 1"));
         let e = parse_err("max_object_size = \"16 MB\"");
         assert!(e.contains("max_object_size") && e.contains("MiB"), "{e}");
     }
@@ -722,7 +747,7 @@ overflow = "reject"
         assert_eq!(file.busy_poll, Some(Duration::from_micros(150)));
         let builder = file.apply(crate::Relay::builder(b"pw".to_vec()));
         assert_eq!(builder.busy_poll_window(), Some(Duration::from_micros(150)));
-        assert!(parse_err("busy_poll = \"0us\"").contains("never spin"));
+        assert!(parse_err("busy_poll = \"0us\"").contains("a window or an interval would be empty"));
         assert!(parse_err("busy_poll = \"10s\"").contains("longer than"));
         assert!(parse_err("busy_poll = -5").contains("negative"));
         assert!(parse_err("busy_poll = 200").contains("needs a unit"));

@@ -1424,8 +1424,9 @@ impl RelayState {
         for (id, elapsed, bytes) in crawling {
             let ms = elapsed.as_millis().max(1) as u64;
             let detail = alloc::format!(
-                "a frame has been arriving for {} s at {} B/s, under the minimum of {} B/s",
+                "a frame has been arriving for {}.{} s at {} B/s, under the minimum of {} B/s",
                 ms / 1000,
+                ms % 1000 / 100,
                 (bytes as u64).saturating_mul(1000) / ms,
                 self.config.min_frame_rate
             );
