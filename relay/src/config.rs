@@ -747,7 +747,9 @@ overflow = "reject"
         assert_eq!(file.busy_poll, Some(Duration::from_micros(150)));
         let builder = file.apply(crate::Relay::builder(b"pw".to_vec()));
         assert_eq!(builder.busy_poll_window(), Some(Duration::from_micros(150)));
-        assert!(parse_err("busy_poll = \"0us\"").contains("a window or an interval would be empty"));
+        assert!(
+            parse_err("busy_poll = \"0us\"").contains("a window or an interval would be empty")
+        );
         assert!(parse_err("busy_poll = \"10s\"").contains("longer than"));
         assert!(parse_err("busy_poll = -5").contains("negative"));
         assert!(parse_err("busy_poll = 200").contains("needs a unit"));
