@@ -940,8 +940,15 @@ impl EndpointSession {
     /// (one that crossed the `Ping`, or the `Pong` of a keepalive `Ping` that left before the
     /// publish), a reconnect, or a request made while no `Ping` could go does not cancel it.
     pub fn request_confirm(&mut self) {
-        if self.confirmed.saturating_add(1) < self.next_seq {
-            self.confirm_wanted = self.confirm_wanted.max(self.next_seq - 1);
+        self.request_confirm_up_to(self.next_seq.saturating_sub(1));
+    }
+
+    /// [`request_confirm`](Self::request_confirm) for the publishes up to `seq` only (one
+    /// receipt): nothing when they are confirmed already, even if later ones are not.
+    pub fn request_confirm_up_to(&mut self, seq: u64) {
+        let seq = seq.min(self.next_seq.saturating_sub(1));
+        if seq > self.confirmed {
+            self.confirm_wanted = self.confirm_wanted.max(seq);
         }
     }
 

@@ -509,23 +509,21 @@ fn run_applies_the_configuration_file_and_the_command_line_wins() {
     assert!(!child_default_dir(home.path()).exists());
 }
 
+/// `run --plain --listen 127.0.0.1:0 EXTRA...`, with the password in the environment.
+fn run_plain(home: &Path, extra: &[&str]) -> Command {
+    let mut args = vec!["run", "--plain", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut cmd = command(home, &args);
+    cmd.env("TLSRO_PASSWORD", "s3cret");
+    cmd
+}
+
 /// `run --plain --listen 127.0.0.1:0 --config FILE` with `toml` in FILE, to its end; the
 /// outcome and FILE.
 fn run_plain_with_config(home: &TempDir, toml: &str) -> (Finished, PathBuf) {
     let config = home.path().join("relay.toml");
     std::fs::write(&config, toml).unwrap();
-    let mut cmd = command(
-        home.path(),
-        &[
-            "run",
-            "--plain",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    );
-    cmd.env("TLSRO_PASSWORD", "s3cret");
+    let cmd = run_plain(home.path(), &["--config", config.to_str().unwrap()]);
     (finish(cmd), config)
 }
 
@@ -700,18 +698,7 @@ impl Drop for KillOnDrop {
 #[test]
 fn run_with_busy_poll_serves_on_one_thread_and_refuses_bad_windows() {
     let home = TempDir::new("run-busy-poll");
-    let mut cmd = command(
-        home.path(),
-        &[
-            "run",
-            "--plain",
-            "--listen",
-            "127.0.0.1:0",
-            "--busy-poll",
-            "200us",
-        ],
-    );
-    cmd.env("TLSRO_PASSWORD", "s3cret");
+    let cmd = run_plain(home.path(), &["--busy-poll", "200us"]);
     let mut relay = Running::spawn(cmd);
     assert_eq!(
         relay.line_after("busy polling: "),
@@ -748,19 +735,7 @@ fn run_with_busy_poll_serves_on_one_thread_and_refuses_bad_windows() {
         ("999999m", "longer than"),
         ("200", "has no unit"),
     ] {
-        let mut cmd = command(
-            home.path(),
-            &[
-                "run",
-                "--plain",
-                "--listen",
-                "127.0.0.1:0",
-                "--busy-poll",
-                window,
-            ],
-        );
-        cmd.env("TLSRO_PASSWORD", "s3cret");
-        let run = finish(cmd);
+        let run = finish(run_plain(home.path(), &["--busy-poll", window]));
         assert_eq!(run.status.code(), Some(2), "{window}: {}", run.stdout);
         assert!(run.stderr.contains(says), "{window}: {}", run.stderr);
         assert!(!run.stdout.contains(LISTENING_PREFIX));

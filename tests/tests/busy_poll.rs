@@ -18,20 +18,15 @@ async fn a_busy_polling_relay_and_endpoints_exchange_objects() {
         let creds = Creds::generate();
         let relay = creds.relay().busy_poll(WINDOW).start().await.unwrap();
         let addr = relay.local_addr();
-        let a = creds
-            .endpoint::<String>(addr)
-            .groups(["ping"])
-            .busy_poll(WINDOW)
-            .connect()
-            .await
-            .unwrap();
-        let b = creds
-            .endpoint::<String>(addr)
-            .groups(["pong"])
-            .busy_poll(WINDOW)
-            .connect()
-            .await
-            .unwrap();
+        let spinning = |group: &'static str| {
+            creds
+                .endpoint::<String>(addr)
+                .groups([group])
+                .busy_poll(WINDOW)
+                .connect()
+        };
+        let a = spinning("ping").await.unwrap();
+        let b = spinning("pong").await.unwrap();
         b.notify("pong", 100).unwrap();
         for round in 0..100 {
             a.produce(&format!("q{round}"), "pong").unwrap();

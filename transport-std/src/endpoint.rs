@@ -256,12 +256,8 @@ impl Receipt {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        let mut st = shared.lock();
-        if st.session.confirmed() < self.seq {
-            st.session.request_confirm();
-            drop(st);
-            shared.wake_driver.notify_one();
-        }
+        shared.lock().session.request_confirm_up_to(self.seq);
+        shared.wake_driver.notify_one();
     }
 }
 

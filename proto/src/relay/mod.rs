@@ -1205,11 +1205,7 @@ impl RelayState {
             return;
         }
         let was_open = matches!(c.phase, Phase::Open);
-        if was_open && c.slow {
-            // Output was refused at the limit, maybe the `PublishRejected` of a publish not
-            // confirmed yet: no `Confirm` may cover it (as in `close_slow_consumers`).
-            c.forget_confirm();
-        } else if was_open {
+        if was_open {
             // What was handled is confirmed before the `Close` (even past the backlog limit,
             // as the `Close` is): the endpoint must not resend it.
             Self::append_confirm(c);

@@ -1282,15 +1282,7 @@ fn a_deferred_confirm_travels_with_the_next_output_in_one_write() {
     let frame = net.eps[b_].outbox.remove(0);
     net.relay.handle_input(net.now, conn_b, &frame);
     let conn_a = net.eps[a].conn.unwrap();
-    let mut chunks = Vec::new();
-    while let Some(conn) = net.relay.poll_dirty() {
-        while let Some(chunk) = net.relay.poll_transmit(conn) {
-            net.relay.handle_written(conn, chunk.len());
-            if conn == conn_a {
-                chunks.push(chunk.to_vec());
-            }
-        }
-    }
+    let chunks = take_chunks(&mut net, conn_a);
     assert_eq!(chunks.len(), 1, "one chunk: the answer and the confirm");
     net.eps[a].inbox.extend_from_slice(&chunks[0]);
     net.drive();
@@ -1341,7 +1333,9 @@ fn a_close_is_preceded_by_the_deferred_confirm() {
         Some(EpError::Closed(CloseCode::Shutdown, _))
     ));
     // No confirm is due for a connection that is gone.
+    assert_eq!(net.relay.poll_confirm_timeout(), None);
     net.confirm_delay_passes();
+    assert!(net.confirms(p).is_empty());
 }
 
 #[test]
@@ -1377,18 +1371,24 @@ fn read_now(net: &mut Net, i: usize, bytes: &[u8]) {
     }
 }
 
-/// The relay's output for `conn`, taken off the wire (other connections' output is dropped).
-fn take_output(net: &mut Net, conn: ConnId) -> Vec<u8> {
-    let mut out = Vec::new();
+/// The relay's output for `conn`, taken off the wire chunk by chunk, one write each (other
+/// connections' output is dropped).
+fn take_chunks(net: &mut Net, conn: ConnId) -> Vec<Vec<u8>> {
+    let mut chunks = Vec::new();
     while let Some(c) = net.relay.poll_dirty() {
         while let Some(chunk) = net.relay.poll_transmit(c) {
             net.relay.handle_written(c, chunk.len());
             if c == conn {
-                out.extend_from_slice(&chunk);
+                chunks.push(chunk.to_vec());
             }
         }
     }
-    out
+    chunks
+}
+
+/// [`take_chunks`], as one stream of bytes.
+fn take_output(net: &mut Net, conn: ConnId) -> Vec<u8> {
+    take_chunks(net, conn).concat()
 }
 
 /// A frame that crossed the request (sent by the relay before it had the publish) must not
@@ -1610,4 +1610,24 @@ fn a_huge_stated_keepalive_is_capped_by_the_relay() {
         }
     }
     assert_eq!(closed, Some((3, CloseCode::IdleTimeout)));
+}
+
+/// A request for the confirm of one publish (a receipt) asks nothing once that one is
+/// confirmed, even while a later one waits for its confirm.
+#[test]
+fn a_request_up_to_a_confirmed_publish_asks_nothing() {
+    let (mut net, _c, p) = member_and_sender();
+    let s1 = net.broadcast(p, "g", b"x");
+    net.drive();
+    net.confirm_delay_passes();
+    assert_eq!(net.confirms(p), [s1]);
+    let s2 = net.broadcast(p, "g", b"y");
+    net.drive();
+    assert!(net.confirms(p).is_empty(), "deferred");
+    let mut buf = [0u8; 64];
+    net.eps[p].session.request_confirm_up_to(s1);
+    assert_eq!(net.eps[p].session.poll_transmit(&mut buf).unwrap(), 0);
+    net.eps[p].session.request_confirm_up_to(s2);
+    net.drive();
+    assert_eq!(net.confirms(p), [s2], "asked, and answered at once");
 }
