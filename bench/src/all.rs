@@ -20,11 +20,15 @@ pub struct AllArgs {
     /// Warm-up round trips of `lat`.
     #[arg(long, default_value_t = 1_000)]
     pub warmup: u64,
+    /// How many times `raw` and the 1 MiB broadcast run, alternately (the summary compares the
+    /// best of each).
+    #[arg(long, default_value_t = 3)]
+    pub pairs: usize,
     /// Idle endpoints of `conns` (0: skip it).
     #[arg(long, default_value_t = 10_000)]
     pub conns: usize,
     /// A short run: 1 s per throughput run, 1,000 round trips after 200, at most 500 idle
-    /// endpoints (it overrides --duration, --rounds and --warmup).
+    /// endpoints, one pair (it overrides --duration, --rounds, --warmup and --pairs).
     #[arg(long)]
     pub quick: bool,
     #[command(flatten)]
@@ -80,10 +84,16 @@ fn num(o: &Outcome, key: &str) -> f64 {
 /// Runs the matrix; returns every outcome (already printed).
 pub async fn run(args: &AllArgs) -> Result<Vec<Outcome>> {
     let common = &args.common;
-    let (duration, rounds, warmup, n_conns) = if args.quick {
-        (Duration::from_secs(1), 1_000, 200, args.conns.min(500))
+    let (duration, rounds, warmup, n_conns, pairs) = if args.quick {
+        (Duration::from_secs(1), 1_000, 200, args.conns.min(500), 1)
     } else {
-        (args.duration, args.rounds, args.warmup, args.conns)
+        (
+            args.duration,
+            args.rounds,
+            args.warmup,
+            args.conns,
+            args.pairs.max(1),
+        )
     };
     let creds = Creds::new(common)?;
     let mut outcomes: Vec<(&'static str, Outcome)> = Vec::new();
@@ -91,11 +101,6 @@ pub async fn run(args: &AllArgs) -> Result<Vec<Outcome>> {
         o.print(common.json);
         outcomes.push((name, o));
     };
-
-    // The ceiling, with the same credentials (256 KiB writes: the best of 16 KiB to 1 MiB here).
-    let raw_creds = Creds::without_relay(common)?;
-    let o = raw::run(&raw_creds, 256 * 1024, duration).await?;
-    show("raw", o, &mut outcomes);
 
     let thr_args = |size: u64, members: usize| thr::ThrArgs {
         size,
@@ -106,11 +111,24 @@ pub async fn run(args: &AllArgs) -> Result<Vec<Outcome>> {
         stalled: 0,
         common: common.clone(),
     };
-    for (name, size, members) in [
-        ("thr100x1", 100, 1),
-        ("thr100x8", 100, 8),
-        ("thr1mx1", 1024 * 1024, 1),
-    ] {
+
+    // The ceiling (one rustls connection with the same credentials; 256 KiB writes, the best of
+    // 16 KiB to 1 MiB here) and the 1 MiB broadcast measured against it, alternately. On this VM
+    // each swings by up to 2x from one run to the next (raw: 1.1 to 2.4 GB/s, by where the
+    // scheduler puts its two ends), so a single run of each can make the ratio say anything:
+    // the summary compares the best of each (a ceiling is the best the connection did) and
+    // shows the range.
+    let raw_creds = Creds::without_relay(common)?;
+    for _ in 0..pairs {
+        let o = raw::run(&raw_creds, 256 * 1024, duration).await?;
+        show("raw", o, &mut outcomes);
+        let setup = Setup::new(common, &creds).await?;
+        let o = thr::run(&setup, &thr_args(1024 * 1024, 1)).await?;
+        setup.finish().await;
+        show("thr1mx1", o, &mut outcomes);
+    }
+
+    for (name, size, members) in [("thr100x1", 100, 1), ("thr100x8", 100, 8)] {
         let setup = Setup::new(common, &creds).await?;
         let o = thr::run(&setup, &thr_args(size, members)).await?;
         setup.finish().await;
@@ -227,10 +245,27 @@ fn summary(outcomes: &[(&str, Outcome)], n_conns: usize, security: &str, json: b
             table.row(vec![workload, figure, target, status]);
         };
 
-    let raw_mb = get("raw").map(|o| num(o, "mb_per_s")).unwrap_or(f64::NAN);
+    // Every run of a name (raw and the 1 MiB broadcast run several times), as MB/s.
+    let runs = |name: &str| -> Vec<f64> {
+        outcomes
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, o)| num(o, "mb_per_s"))
+            .collect()
+    };
+    let best = |figures: &[f64]| figures.iter().copied().fold(f64::NAN, f64::max);
+    let range = |figures: &[f64]| {
+        let low = figures.iter().copied().fold(f64::NAN, f64::min);
+        match figures.len() {
+            1 => "1 run".to_owned(),
+            n => format!("{n} runs, {low:.0} to {:.0} MB/s", best(figures)),
+        }
+    };
+    let raw_runs = runs("raw");
+    let raw_mb = best(&raw_runs);
     add(
         "raw: one rustls connection, 256 KiB writes".into(),
-        format!("{raw_mb:.0} MB/s"),
+        format!("{raw_mb:.0} MB/s, the best of {}", range(&raw_runs)),
         "(ceiling)".into(),
         None,
         raw_mb,
@@ -251,15 +286,21 @@ fn summary(outcomes: &[(&str, Outcome)], n_conns: usize, security: &str, json: b
             );
         }
     }
-    if let Some(o) = get("thr1mx1") {
-        let mb = num(o, "mb_per_s");
-        let lost = num(o, "lost");
+    let large_runs = runs("thr1mx1");
+    if !large_runs.is_empty() {
+        let mb = best(&large_runs);
+        let lost: f64 = outcomes
+            .iter()
+            .filter(|(n, _)| *n == "thr1mx1")
+            .map(|(_, o)| num(o, "lost"))
+            .sum();
         add(
             "1 MiB broadcast 1 → 1".into(),
             format!(
-                "{mb:.0} MB/s = {:.0} % of raw, lost {}",
+                "{mb:.0} MB/s = {:.0} % of raw, lost {} (the best of {})",
                 100.0 * mb / raw_mb,
-                thousands(lost)
+                thousands(lost),
+                range(&large_runs)
             ),
             format!("≥ 50 % of raw ({:.0} MB/s)", raw_mb / 2.0),
             Some(mb >= raw_mb / 2.0 && lost == 0.0),
