@@ -174,6 +174,9 @@ pub async fn start_with(
 enum CoreMsg {
     Accepted {
         peer: SocketAddr,
+        /// When the TCP connection was accepted: the handshake deadline runs from here, TLS
+        /// handshake included.
+        at: tokio::time::Instant,
         writer: mpsc::UnboundedSender<WriterMsg>,
         closing_signal: watch::Sender<bool>,
         reply: oneshot::Sender<ConnId>,
@@ -274,7 +277,13 @@ struct Core {
 
 impl Core {
     fn now(&self) -> tlsro_proto::Instant {
-        tlsro_proto::Instant::from_millis(self.clock.elapsed().as_millis() as u64)
+        self.proto_instant(tokio::time::Instant::now())
+    }
+
+    fn proto_instant(&self, at: tokio::time::Instant) -> tlsro_proto::Instant {
+        tlsro_proto::Instant::from_millis(
+            at.saturating_duration_since(self.clock).as_millis() as u64
+        )
     }
 
     async fn run(mut self) {
@@ -453,6 +462,7 @@ impl Core {
         match msg {
             CoreMsg::Accepted {
                 peer,
+                at,
                 writer,
                 closing_signal,
                 reply,
@@ -464,8 +474,9 @@ impl Core {
                         return;
                     }
                 };
-                let now = self.now();
-                let id = self.state.accept(now, nonce);
+                // The deadline to authenticate counts from the TCP accept, not from here
+                // (after the TLS handshake, which had the same budget).
+                let id = self.state.accept(self.proto_instant(at), nonce);
                 info!(conn = %id, %peer, "connection accepted");
                 self.conns.insert(
                     id,
@@ -650,6 +661,7 @@ async fn accept_loop(
             warn!(%peer, "refusing connection: {} connections are still in their handshake", limits.max_pending);
             continue;
         }
+        let accepted = tokio::time::Instant::now();
         let _ = tcp.set_nodelay(true);
         let core = core.clone();
         let input = input.clone();
@@ -675,9 +687,9 @@ async fn accept_loop(
                     drop(guard);
                     match handshake {
                         // A task of its own: this one, sized for the handshake, ends.
-                        Ok(Ok(stream)) => {
-                            drop(tokio::spawn(serve(stream, peer, core, input, busy)))
-                        }
+                        Ok(Ok(stream)) => drop(tokio::spawn(serve(
+                            stream, peer, accepted, core, input, busy,
+                        ))),
                         Ok(Err(e)) => {
                             warn!(%peer, "TLS handshake failed: {}", explain_tls_error(&e))
                         }
@@ -691,7 +703,7 @@ async fn accept_loop(
                         warn!(%peer, "a TLS client connected to this plain-TCP relay; closing (start the endpoint with plain security, or the relay without --plain)");
                         return;
                     }
-                    drop(tokio::spawn(serve(tcp, peer, core, input, busy)));
+                    drop(tokio::spawn(serve(tcp, peer, accepted, core, input, busy)));
                 }
             }
         });
@@ -756,6 +768,7 @@ async fn looks_like_tls(tcp: &TcpStream, within: Duration) -> bool {
 async fn serve<S>(
     stream: S,
     peer: SocketAddr,
+    accepted: tokio::time::Instant,
     core: mpsc::UnboundedSender<CoreMsg>,
     input: mpsc::Sender<Input>,
     busy: Option<BusyPoll>,
@@ -769,6 +782,7 @@ async fn serve<S>(
     if core
         .send(CoreMsg::Accepted {
             peer,
+            at: accepted,
             writer: writer_tx,
             closing_signal: closing_tx,
             reply: reply_tx,

@@ -3289,3 +3289,57 @@ async fn a_stuck_writer_window_beside_a_full_speed_reader() {
     })
     .await
 }
+
+/// The handshake deadline runs from the TCP accept: the TLS handshake (or, on a plain relay,
+/// the wait for a TLS ClientHello) spends from the same budget, so a peer cannot stay
+/// unauthenticated for twice the deadline (it could: each stage had the whole of it).
+#[tokio::test]
+async fn the_handshake_deadline_counts_from_the_accept() {
+    let (_logs, _guard) = Logs::capture();
+    bounded(async {
+        let deadline = Duration::from_secs(2);
+        // Late by less than the deadline's slack, but earlier than twice the deadline.
+        let limit = deadline + deadline * 3 / 10;
+
+        // Plain: silent from the start (the sniff for TLS waits the whole deadline).
+        let relay = plain_relay(move |c| c.handshake_timeout = deadline).await;
+        let mut raw = Raw::connect(relay.local_addr()).await;
+        let opened = Instant::now();
+        let end = raw
+            .until_closed("a silent plain connection", deadline * 3)
+            .await;
+        let took = opened.elapsed();
+        assert_eq!(end.code(), Some(CloseCode::AuthTimeout), "{end:?}");
+        assert!(took < limit, "closed {took:?} after the accept");
+        relay.stop().await;
+
+        // TLS: the ClientHello comes half the deadline late, then nothing.
+        let creds = TempCreds::generate();
+        let relay = Relay::builder(PASSWORD)
+            .listen(any_port())
+            .tls_from_dir(&creds.0)
+            .unwrap()
+            .configure(move |c| c.handshake_timeout = deadline)
+            .start()
+            .await
+            .unwrap();
+        let tcp = TcpStream::connect(relay.local_addr()).await.unwrap();
+        let opened = Instant::now();
+        sleep(deadline / 2).await;
+        let config = tlsro::tls::client_config_from_dir(&creds.0).unwrap();
+        let name = tlsro::tls::server_name("localhost").unwrap();
+        let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+        let tls = within("a late TLS handshake", PROMPTLY, connect)
+            .await
+            .expect("TLS handshake");
+        let mut raw = Raw::over(tls);
+        let end = raw
+            .until_closed("silent after a late TLS handshake", deadline * 3)
+            .await;
+        let took = opened.elapsed();
+        assert_eq!(end.code(), Some(CloseCode::AuthTimeout), "{end:?}");
+        assert!(took < limit, "closed {took:?} after the accept");
+        relay.stop().await;
+    })
+    .await
+}
