@@ -104,6 +104,16 @@ pub enum Error {
         CloseCode,
         #[cfg_attr(feature = "defmt", defmt(Debug2Format))] Detail,
     ),
+    /// The relay's `Welcome` says it handled publishes of this session up to `last_seq`, but
+    /// the session has numbered only those below `next_seq`: another endpoint uses the same
+    /// session id (one reused after a restart, say), or the relay is broken. Nothing is counted
+    /// as confirmed.
+    RelayAhead {
+        /// `Welcome.last_seq`.
+        last_seq: u64,
+        /// The sequence number the next publish gets.
+        next_seq: u64,
+    },
     /// The handshake did not finish in time.
     HandshakeTimeout,
     /// Nothing was heard from the relay for `dead_after`.
@@ -172,6 +182,12 @@ impl fmt::Display for Error {
                 f.write_str("the relay closed the connection: ")?;
                 with_detail(f, code, detail)
             }
+            Error::RelayAhead { last_seq, next_seq } => write!(
+                f,
+                "the relay says it handled publishes up to {last_seq} for this session, which \
+                 has published only {}: another endpoint uses the same session id",
+                next_seq.saturating_sub(1)
+            ),
             Error::HandshakeTimeout => f.write_str("the handshake with the relay timed out"),
             Error::RelaySilent => f.write_str("nothing heard from the relay for too long"),
             Error::NotMember => f.write_str("this endpoint is not a member of that group"),
@@ -633,9 +649,10 @@ impl EndpointSession {
     fn fail_with(&mut self, error: Error) -> Error {
         let code = match &error {
             Error::Frame(FrameError::TooLarge { .. }) => Some(CloseCode::FrameTooLarge),
-            Error::Frame(_) | Error::Unexpected(_) | Error::AckUnknown { .. } => {
-                Some(CloseCode::ProtocolViolation)
-            }
+            Error::Frame(_)
+            | Error::Unexpected(_)
+            | Error::AckUnknown { .. }
+            | Error::RelayAhead { .. } => Some(CloseCode::ProtocolViolation),
             _ => None,
         };
         if code.is_some() && !matches!(self.conn.phase, Phase::Closed | Phase::Idle) {
@@ -679,6 +696,14 @@ impl EndpointSession {
             Frame::Welcome(w) if phase == Phase::AwaitWelcome => {
                 if !self.verify_relay(&w.mac) {
                     return Err(self.fail_with(Error::RelayProofInvalid));
+                }
+                // Like a `Confirm` beyond what was sent: taking it would count kept publishes
+                // as confirmed, and the relay would drop later ones up to it as resends.
+                if w.last_seq >= self.next_seq {
+                    return Err(self.fail_with(Error::RelayAhead {
+                        last_seq: w.last_seq,
+                        next_seq: self.next_seq,
+                    }));
                 }
                 // A different epoch is a restarted relay: its broadcast numbers start again.
                 if self.relay_epoch != Some(w.epoch) {
@@ -950,6 +975,14 @@ impl EndpointSession {
         if seq > self.confirmed {
             self.confirm_wanted = self.confirm_wanted.max(seq);
         }
+    }
+
+    /// The driver dropped kept publishes it will never send (after a reconnect they no longer
+    /// fit [`relay_max_frame`](Self::relay_max_frame)); `highest_kept` is the highest sequence
+    /// number it still keeps (0: none). A confirm request above it no longer holds: the relay
+    /// cannot confirm what it never got, and asking for it would ping after every `Pong`.
+    pub fn publishes_dropped(&mut self, highest_kept: u64) {
+        self.confirm_wanted = self.confirm_wanted.min(highest_kept.max(self.confirmed));
     }
 
     fn confirm_ping_pending(&self) -> bool {

@@ -877,3 +877,48 @@ async fn a_dead_link_is_taken_over_by_the_reconnect_and_nothing_is_lost() {
     })
     .await
 }
+
+/// A relay restarted with a lower object limit: a kept publish that no longer fits its
+/// `max_frame` is not resent (the relay would close the connection on its length prefix, at
+/// every reconnect, and nothing behind it would ever be confirmed). Its receipt says why; the
+/// publish behind it goes through.
+#[tokio::test]
+async fn a_kept_publish_too_large_for_the_restarted_relay_does_not_block_the_rest() {
+    bounded(async {
+        let creds = Creds::generate();
+        let relay = creds.relay().start().await.unwrap();
+        let addr = relay.local_addr();
+        let proxy = Proxy::start(addr).await;
+        let producer = creds.connect::<String>(proxy.addr(), &[]).await;
+        // Sent but held on the way: never handled by this relay.
+        proxy.hold_upstream(true);
+        let big = producer.broadcast(&"x".repeat(8000), "news").unwrap();
+        let small = producer.broadcast(&"small".to_owned(), "news").unwrap();
+        proxy.refuse(true);
+        relay.stop().await;
+        proxy.hold_upstream(false);
+
+        let relay = creds
+            .relay_on(addr)
+            .configure(|c| c.max_frame = 4096)
+            .start()
+            .await
+            .unwrap();
+        proxy.refuse(false);
+        match within("big receipt", PROMPTLY, big.wait()).await {
+            Err(tlsro::PublishError::Unconfirmed(tlsro::Error::FrameTooLarge {
+                max: 4096,
+                ..
+            })) => {}
+            other => panic!("{other:?}"),
+        }
+        within("small receipt", PROMPTLY, small.wait())
+            .await
+            .unwrap();
+        assert_eq!(producer.buffered_bytes(), 0);
+        let subscriber = creds.connect::<String>(addr, &["news"]).await;
+        assert_eq!(expect_values(&subscriber, 1).await, ["small"]);
+        relay.stop().await;
+    })
+    .await
+}

@@ -14,6 +14,9 @@ pub struct Config<'a> {
     pub(crate) key: AuthKey,
     pub(crate) groups: &'a [&'a str],
     /// The session id: random, the same across reconnects. `None`: drawn from the runner's RNG.
+    /// Draw a new one at every boot: numbering starts again at 1, and a relay that still
+    /// remembers the old session would say it has publishes the new one never made, which the
+    /// endpoint refuses (a protocol error at every connect until the relay forgets it).
     pub session: Option<[u8; 16]>,
     /// Ping the relay after this much silence (default 5 s).
     pub keepalive: Duration,

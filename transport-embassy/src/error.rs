@@ -128,7 +128,8 @@ impl From<SessionError> for Error {
             }
             SessionError::Frame(_)
             | SessionError::Unexpected(_)
-            | SessionError::AckUnknown { .. } => Error::Protocol,
+            | SessionError::AckUnknown { .. }
+            | SessionError::RelayAhead { .. } => Error::Protocol,
             SessionError::RelayProofInvalid => Error::RelayNotAuthenticated,
             SessionError::Rejected(code, _) | SessionError::Closed(code, _) => {
                 Error::from_close(code)

@@ -256,7 +256,15 @@ impl Receipt {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        shared.lock().session.request_confirm_up_to(self.seq);
+        {
+            let mut st = shared.lock();
+            // A receipt already resolved asks for nothing (its publish may have been dropped
+            // unsent: no confirm will ever come for it alone).
+            if !st.outbox.holds(self.seq) {
+                return;
+            }
+            st.session.request_confirm_up_to(self.seq);
+        }
         shared.wake_driver.notify_one();
     }
 }
@@ -464,7 +472,9 @@ impl<T: Serialize, C: Codec> Endpoint<T, C> {
                     max,
                 };
                 // Room comes with a confirm, which the relay may hold back (PROTOCOL.md §7.1).
-                st.session.request_confirm();
+                if let Some(seq) = st.outbox.last_seq() {
+                    st.session.request_confirm_up_to(seq);
+                }
                 drop(st);
                 shared.wake_driver.notify_one();
                 return Err(full);

@@ -1195,3 +1195,34 @@ fn small_transmit_buffer_loses_nothing() {
     assert_eq!(frame::decode(&out), Ok(notify("jobs", 1)));
     assert_eq!(sent(&mut s), [notify("logs", 1), Frame::Pong]);
 }
+
+/// A `Welcome` whose `last_seq` is at or beyond the next sequence number claims publishes this
+/// session never made (a relay bug, or a session id reused after a restart, which starts
+/// numbering again at 1): taken as is, the kept publishes up to it would count as confirmed and
+/// the relay would drop every later one up to it as a resend, confirming it: silently lost.
+#[test]
+fn welcome_claiming_publishes_never_made_is_refused() {
+    let mut s = session();
+    let mut buf = [0; 64];
+    s.publish(PublishKind::Produce, &["jobs"], b"x", &mut buf)
+        .unwrap();
+    let script = authenticate(&mut s, at(0), 1);
+    let welcome = script.welcome(RELAY_MAX, 1, 5);
+    let err = feed(&mut s, at(1), &welcome).unwrap_err();
+    assert_eq!(
+        err,
+        Error::RelayAhead {
+            last_seq: 5,
+            next_seq: 2
+        }
+    );
+    assert!(err.to_string().contains("session"), "{err}");
+    assert_eq!(s.confirmed(), 0, "nothing counts as confirmed");
+    assert_eq!(sent(&mut s), [close(CloseCode::ProtocolViolation, "")]);
+    // Everything published so far, exactly, is fine.
+    let mut s = session();
+    s.publish(PublishKind::Produce, &["jobs"], b"x", &mut buf)
+        .unwrap();
+    connect(&mut s, at(0), 1, 1, 1);
+    assert_eq!(s.confirmed(), 1);
+}

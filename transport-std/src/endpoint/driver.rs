@@ -400,9 +400,12 @@ impl Driver {
             stop_deadline = Some(stop.deadline);
             stop_expired = Instant::now() >= stop.deadline;
             let closing = stop.closing;
-            if !closing && !st.outbox.is_empty() && !stop_expired {
+            if !closing
+                && !stop_expired
+                && let Some(seq) = st.outbox.last_seq()
+            {
                 // The relay may hold back the last confirm for its confirm delay.
-                st.session.request_confirm();
+                st.session.request_confirm_up_to(seq);
             }
             if !closing
                 && st.session.phase() == Phase::Open
@@ -520,6 +523,11 @@ fn on_event(ctl: &mut Control, shared: &Shared, st: &mut State, event: SessionEv
     match event {
         SessionEvent::Connected { last_seq } => {
             st.outbox.confirm_up_to(last_seq);
+            let max = st.session.relay_max_frame();
+            if st.outbox.bytes > 0 {
+                let highest_kept = st.outbox.drop_larger_than(max);
+                st.session.publishes_dropped(highest_kept.unwrap_or(0));
+            }
             st.outbox.rewind();
             st.status = Status::Connected;
             ctl.connected = true;
@@ -590,9 +598,10 @@ fn session_failure(error: Option<&SessionError>) -> Failure {
     };
     let heal = match error {
         e if e.is_permanent() => Heal::Never,
-        SessionError::Frame(_) | SessionError::Unexpected(_) | SessionError::AckUnknown { .. } => {
-            Heal::NotOnFirstConnect
-        }
+        SessionError::Frame(_)
+        | SessionError::Unexpected(_)
+        | SessionError::AckUnknown { .. }
+        | SessionError::RelayAhead { .. } => Heal::NotOnFirstConnect,
         _ => Heal::Retry,
     };
     Failure::new(error.clone().into(), heal)

@@ -349,6 +349,17 @@ impl Outbox {
             .sum()
     }
 
+    /// The highest sequence number kept (the confirm a stop or a full buffer waits for).
+    pub(crate) fn last_seq(&self) -> Option<u64> {
+        self.entries.back().map(|e| e.seq)
+    }
+
+    /// Whether publish `seq` is still kept (its receipt not resolved yet).
+    pub(crate) fn holds(&self, seq: u64) -> bool {
+        let index = self.entries.partition_point(|e| e.seq < seq);
+        self.entries.get(index).is_some_and(|e| e.seq == seq)
+    }
+
     pub(crate) fn has_unsent(&self) -> bool {
         self.next_to_send < self.entries.len()
     }
@@ -402,6 +413,37 @@ impl Outbox {
                 let _ = done.send(result);
             }
         }
+    }
+
+    /// The relay accepts frames of at most `max` bytes (its `Welcome` after a reconnect may
+    /// state less than when these were published): a kept frame larger than that is never
+    /// sent (the relay would close the connection on its length prefix, every time), and its
+    /// receipt reports the limit. Returns the highest sequence number still kept, if any.
+    pub(crate) fn drop_larger_than(&mut self, max: u32) -> Option<u64> {
+        let mut kept = VecDeque::with_capacity(self.entries.len());
+        for mut entry in self.entries.drain(..) {
+            let size = entry.frame().len();
+            if size as u64 <= u64::from(max) {
+                kept.push_back(entry);
+                continue;
+            }
+            self.bytes -= size;
+            tracing::warn!(
+                seq = entry.seq,
+                size,
+                max,
+                "a kept publish no longer fits the relay's limit and is not resent"
+            );
+            if let Some(done) = entry.done.take() {
+                let _ = done.send(Err(PublishError::Unconfirmed(Error::FrameTooLarge {
+                    size: size as u64,
+                    max,
+                })));
+            }
+        }
+        self.entries = kept;
+        self.next_to_send = self.next_to_send.min(self.entries.len());
+        self.last_seq()
     }
 
     /// The relay refused publish `seq` for `group`; its receipt reports it on confirmation.

@@ -91,6 +91,24 @@ impl FakeRelay {
     }
 
     /// An endpoint with `groups`, connected through a relay connection that is returned too.
+    /// Ends `conn`, waits for the endpoint to report it, and answers its reconnect with
+    /// `welcome`.
+    async fn reconnect(
+        &self,
+        conn: Conn,
+        events: &mut broadcast::Receiver<Event>,
+        welcome: Welcomed,
+    ) -> Conn {
+        drop(conn);
+        assert!(matches!(
+            next_event(events).await,
+            Event::Disconnected { .. }
+        ));
+        let mut conn = self.accept().await;
+        assert!(conn.handshake(&self.key, welcome).await);
+        conn
+    }
+
     async fn connect<T>(&self, groups: &[&str]) -> (Endpoint<T>, Conn) {
         let builder = self.builder::<T>().groups(groups.iter().copied());
         self.connect_with(builder, Welcomed::default()).await
@@ -1043,11 +1061,20 @@ async fn waiting_on_a_receipt_asks_for_its_confirm() {
     conn.send(&Frame::Confirm(Confirm { up_to: 2 })).await;
     eventually("confirmed", || endpoint.buffered_bytes() == 0).await;
     bounded("receipt", receipt.wait()).await.unwrap();
+    // What followed the confirm: only the stop's `Close` (no `Ping`).
+    stop_answering_its_close(&endpoint, &mut conn).await;
+}
+
+/// Stops `endpoint`, expects the next frame on `conn` to be its `Close`, answers it, and
+/// checks that the stop succeeds.
+async fn stop_answering_its_close<T: Serialize + Send + Sync + 'static>(
+    endpoint: &Endpoint<T>,
+    conn: &mut Conn,
+) {
     let stopper = {
         let endpoint = endpoint.clone();
         tokio::spawn(async move { endpoint.stop().await })
     };
-    // What followed the confirm: only the stop's `Close` (no `Ping`).
     let raw = bounded("close", conn.next()).await.unwrap();
     assert_eq!(decode(&raw).kind(), frame::Kind::Close);
     conn.send(&Frame::Close(Close {
@@ -1654,4 +1681,148 @@ async fn a_full_buffer_asks_for_the_confirm_that_frees_it() {
         .expect("a Ping asking for the confirm that makes room")
         .unwrap();
     assert_eq!(decode(&raw), Frame::Ping);
+}
+
+/// An endpoint connected to `relay` that has published an 8,000-byte object, which the relay
+/// has received but not confirmed; with its event stream and the object's receipt.
+async fn with_a_big_publish(
+    relay: &FakeRelay,
+) -> (Endpoint<Vec<u8>>, Conn, broadcast::Receiver<Event>, Receipt) {
+    let (endpoint, mut conn) = relay
+        .connect_with(relay.builder::<Vec<u8>>(), Welcomed::default())
+        .await;
+    let events = endpoint.events();
+    let big = endpoint.broadcast(&vec![1; 8000], "g").unwrap();
+    conn.recv().await;
+    (endpoint, conn, events, big)
+}
+
+/// A relay that comes back with a smaller `max_frame` (restarted with a lower object limit):
+/// a kept publish that no longer fits must not be resent (the relay would close with
+/// `FrameTooLarge` on its prefix, and every reconnect would resend it again, forever, with
+/// every later publish stuck behind it). Its receipt reports the limit; the others go on.
+#[tokio::test]
+async fn a_kept_publish_too_large_for_the_relay_after_a_reconnect_fails_alone() {
+    let relay = FakeRelay::new().await;
+    let (endpoint, mut conn, mut events, big) = with_a_big_publish(&relay).await;
+    let small = endpoint.broadcast(&vec![2; 10], "g").unwrap();
+    conn.recv().await;
+    let welcome = Welcomed {
+        max_frame: 4096,
+        ..Welcomed::default()
+    };
+    let mut conn = relay.reconnect(conn, &mut events, welcome).await;
+    let raw = conn.recv().await;
+    assert!(
+        raw.len() <= 4096,
+        "resent a {}-byte frame to a relay that accepts 4096",
+        raw.len()
+    );
+    let Frame::Publish(p) = decode(&raw) else {
+        panic!("expected Publish, got {:?}", decode(&raw))
+    };
+    assert_eq!(p.seq, 2);
+    match bounded("big receipt", big.wait()).await {
+        Err(PublishError::Unconfirmed(Error::FrameTooLarge { size, max: 4096 })) => {
+            assert!(size > 8000)
+        }
+        other => panic!("{other:?}"),
+    }
+    conn.send(&Frame::Confirm(Confirm { up_to: 2 })).await;
+    bounded("small receipt", small.wait()).await.unwrap();
+    assert_eq!(endpoint.buffered_bytes(), 0);
+}
+
+/// The dropped publish was the last one and its receipt was waited on before the reconnect:
+/// the relay cannot confirm what it never got, so the wait must not keep asking (one `Ping`
+/// after every `Pong`, for ever).
+#[tokio::test]
+async fn a_dropped_publish_is_not_asked_to_be_confirmed() {
+    let relay = FakeRelay::new().await;
+    let (endpoint, conn, mut events, big) = with_a_big_publish(&relay).await;
+    drop(conn);
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+    let waiter = tokio::spawn(big.wait());
+    sleep(Duration::from_millis(50)).await;
+
+    let mut conn = relay.accept().await;
+    let welcome = Welcomed {
+        max_frame: 4096,
+        ..Welcomed::default()
+    };
+    assert!(conn.handshake(&relay.key, welcome).await);
+    assert!(matches!(
+        bounded("receipt", waiter).await.unwrap(),
+        Err(PublishError::Unconfirmed(Error::FrameTooLarge {
+            max: 4096,
+            ..
+        }))
+    ));
+    // Every Ping is answered at once; a healthy endpoint with nothing to confirm sends none
+    // (its keepalive is 5 s).
+    let mut pings = 0;
+    let quiet = async {
+        while let Some(raw) = conn.next().await {
+            assert_eq!(decode(&raw), Frame::Ping);
+            pings += 1;
+            conn.send(&Frame::Pong).await;
+        }
+    };
+    let _ = timeout(Duration::from_millis(300), quiet).await;
+    assert_eq!(
+        pings, 0,
+        "pinged {pings} times for a confirm that cannot come"
+    );
+    stop_answering_its_close(&endpoint, &mut conn).await;
+}
+
+/// A `Welcome` claiming more publishes than this session made (a relay bug, or another
+/// endpoint with the same session id) must not resolve receipts: the object was never handled.
+/// The connection fails with a typed error and the publish is kept for the next relay.
+#[tokio::test]
+async fn a_welcome_claiming_publishes_never_made_confirms_nothing() {
+    let relay = FakeRelay::new().await;
+    let (endpoint, conn) = relay.connect::<u32>(&[]).await;
+    let mut events = endpoint.events();
+    let receipt = endpoint.broadcast(&1, "g").unwrap();
+    let ahead = Welcomed {
+        last_seq: 7,
+        ..Welcomed::default()
+    };
+    let mut conn = relay.reconnect(conn, &mut events, ahead).await;
+    let mut next = relay.accept().await;
+    match endpoint.status() {
+        Status::Reconnecting { last_error, .. } => assert!(
+            matches!(
+                last_error,
+                Error::Protocol(SessionError::RelayAhead {
+                    last_seq: 7,
+                    next_seq: 2
+                })
+            ),
+            "{last_error}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let raw = bounded("close", conn.next()).await.unwrap();
+    assert!(matches!(
+        decode(&raw),
+        Frame::Close(Close {
+            code: CloseCode::ProtocolViolation,
+            ..
+        })
+    ));
+    assert!(endpoint.buffered_bytes() > 0, "the publish is kept");
+
+    assert!(next.handshake(&relay.key, Welcomed::default()).await);
+    let raw = next.recv().await;
+    let Frame::Publish(p) = decode(&raw) else {
+        panic!("expected Publish, got {:?}", decode(&raw))
+    };
+    assert_eq!(p.seq, 1);
+    next.send(&Frame::Confirm(Confirm { up_to: 1 })).await;
+    bounded("receipt", receipt.wait()).await.unwrap();
 }
