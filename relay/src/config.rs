@@ -85,6 +85,7 @@ const DEFAULT_OUTBOUND_LIMIT: u64 = 64 * 1024 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct RelayFileConfig {
     /// Where to listen.
+    #[serde(default, deserialize_with = "de_listen")]
     pub listen: Option<SocketAddr>,
     /// The largest object an endpoint may send, in bytes (the relay's frame limit is this plus
     /// [`FRAME_HEADER_ROOM`]).
@@ -467,6 +468,22 @@ fn de_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D:
 }
 
 /// `handshake_timeout`: a duration string, never zero.
+/// A listen address, `IP:PORT`; the error says what is expected (a host name or a bare port is
+/// the usual mistake). Serves `--listen` and the file's `listen`.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|e| {
+        format!(
+            "{text:?} is not an IP:PORT address ({e}): write for example 127.0.0.1:7000, \
+             0.0.0.0:7000 (every interface) or [::]:7000; host names are not resolved"
+        )
+    })
+}
+
+fn de_listen<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_listen(&text).map(Some).map_err(de::Error::custom)
+}
+
 fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     struct DurationVisitor;
 
@@ -733,6 +750,8 @@ overflow = "reject"
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
+        let e = parse_err("listen = \"localhost:7000\"");
+        assert!(e.contains("IP:PORT") && e.contains("0.0.0.0:7000"), "{e}");
         let e = parse_err("listen = \"127.0.0.1:7000\"\nmax_object_sise = \"1MiB\"\n");
         assert!(e.contains("max_object_sise"), "{e}");
         assert!(e.contains("line 2"), "{e}");

@@ -60,7 +60,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Address to listen on [default: 127.0.0.1:7000, or `listen` in the configuration file].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = tlsro_relay::config::parse_listen)]
     listen: Option<SocketAddr>,
     /// Credentials directory with relay.pem and relay.key (and usually password)
     /// [default: the platform's data directory, see `credentials show`].
@@ -324,7 +324,7 @@ fn password(args: &RunArgs, dir: &Path) -> Result<(Vec<u8>, PasswordSource), Box
     }
     if let Some(path) = &args.password_file {
         return Ok((
-            credentials::read_password(path)?,
+            credentials::read_password(path).map_err(|e| format!("--password-file: {e}"))?,
             PasswordSource::File(path.clone()),
         ));
     }

@@ -751,6 +751,21 @@ fn explain_tls_error(e: &std::io::Error) -> String {
         || text.contains("InvalidMessage")
     {
         format!("{text} (not a TLS client: a plain endpoint on the TLS port?)")
+    } else if [
+        "DecryptError",
+        "BadCertificate",
+        "UnknownCA",
+        "CertificateUnknown",
+    ]
+    .iter()
+    .any(|alert| text.contains(&format!("alert: {alert}")))
+    {
+        // The endpoint's verdict on our certificate; its own error says more.
+        format!(
+            "{text} (the endpoint refused this relay's certificate: does it trust this relay's \
+             ca.pem (`tlsro-relay credentials show` gives its fingerprint), and connect with a name \
+             the certificate carries?)"
+        )
     } else {
         text
     }

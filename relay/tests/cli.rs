@@ -212,6 +212,18 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Stops the relay and returns what it wrote on stderr (its log).
+    fn stop_and_read_log(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = wait_bounded(&mut self.child, TIMEOUT);
+        self.stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default()
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -412,6 +424,39 @@ fn run_with_credentials_listens_serves_tls_and_stops_on_sigterm() {
     if let Some(status) = relay.terminate() {
         assert!(status.success(), "exit status after SIGTERM: {status}");
         relay.line_after("stopped");
+    }
+}
+
+/// Private keys that other users can read are used, with a warning each (as for the password
+/// file).
+#[cfg(unix)]
+#[test]
+fn run_warns_about_keys_that_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = TempDir::new("run-key-modes");
+    let (dir, _) = generate_credentials(&home);
+    for file in ["relay.key", "ca.key"] {
+        std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mut cmd = command(
+        home.path(),
+        &[
+            "run",
+            "--credentials",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    cmd.env("TLSRO_PASSWORD", "correct horse battery staple");
+    let mut relay = Running::spawn(cmd);
+    relay.listening();
+    let log = relay.stop_and_read_log();
+    for what in ["the relay's private key", "the CA's private key"] {
+        assert!(
+            log.contains(&format!("{what} can be read by other users")),
+            "no warning for {what}:\n{log}"
+        );
     }
 }
 

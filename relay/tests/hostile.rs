@@ -3343,3 +3343,34 @@ async fn the_handshake_deadline_counts_from_the_accept() {
     })
     .await
 }
+
+/// An endpoint that refuses the relay's certificate (it trusts another CA) leaves the relay's
+/// operator a log line that says so, not only the bare TLS alert.
+#[tokio::test]
+async fn a_refused_certificate_is_explained_in_the_relay_log() {
+    let (logs, _guard) = Logs::capture();
+    bounded(async {
+        let creds = TempCreds::generate();
+        let other = TempCreds::generate();
+        let relay = Relay::builder(PASSWORD)
+            .listen(any_port())
+            .tls_from_dir(&creds.0)
+            .unwrap()
+            .start()
+            .await
+            .unwrap();
+        let tcp = TcpStream::connect(relay.local_addr()).await.unwrap();
+        let config = tlsro::tls::client_config_from_dir(&other.0).unwrap();
+        let name = tlsro::tls::server_name("localhost").unwrap();
+        let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+        let refused = within("a TLS handshake with another CA", PROMPTLY, connect).await;
+        assert!(
+            refused.is_err(),
+            "the endpoint trusted a certificate of another CA"
+        );
+        logs.expect("the endpoint refused this relay's certificate")
+            .await;
+        relay.stop().await;
+    })
+    .await
+}

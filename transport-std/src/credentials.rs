@@ -561,6 +561,24 @@ pub fn show(dir: &Path) -> Result<Shown, CredentialsError> {
     })
 }
 
+/// Logs a warning when `path` (a secret: `what` names it) can be read by other users of the
+/// machine, as OpenSSH does for its keys (here a warning, not a refusal: the file is still
+/// used).
+pub fn warn_if_others_can_read(path: &Path, what: &str) {
+    #[cfg(unix)]
+    if let Ok(meta) = fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "{what} can be read by other users; `chmod 600` it"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, what);
+}
+
 /// Reads a password file: its content without trailing whitespace (the newline). An empty
 /// password is refused.
 pub fn read_password(path: &Path) -> Result<Vec<u8>, CredentialsError> {
@@ -568,16 +586,7 @@ pub fn read_password(path: &Path) -> Result<Vec<u8>, CredentialsError> {
         path: path.to_owned(),
         source,
     })?;
-    #[cfg(unix)]
-    if let Ok(meta) = fs::metadata(path) {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                "the password file can be read by other users; `chmod 600` it"
-            );
-        }
-    }
+    warn_if_others_can_read(path, "the password file");
     let len = content
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())

@@ -47,6 +47,13 @@ pub enum Error {
     /// One side speaks TLS and the other does not.
     #[error("TLS mismatch: {0}")]
     TlsMismatch(String),
+    /// What answered at the relay's address is not a tlsro relay: its first bytes are not a
+    /// tlsro frame (another service on that port, say).
+    #[error(
+        "the peer at the relay's address does not speak tlsro: {0} (is this the relay's address \
+         and port?)"
+    )]
+    NotARelay(String),
     /// The TLS handshake failed for another reason than the certificate.
     #[error("TLS handshake with the relay failed: {0}")]
     TlsHandshake(String),

@@ -141,6 +141,7 @@ pub fn server_config(
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let certs = load_certificates(cert_chain_pem)?;
     let key = load_private_key(key_pem)?;
+    crate::credentials::warn_if_others_can_read(key_pem, "the relay's private key");
     let mut config = ServerConfig::builder_with_provider(Arc::new(crypto_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsSetupError::Rustls {
@@ -180,6 +181,11 @@ pub fn small_records_config(config: &ServerConfig) -> Arc<ServerConfig> {
 
 /// [`server_config`] with `relay.pem` and `relay.key` in the credentials directory `dir`.
 pub fn server_config_from_dir(dir: &Path) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    // The relay never reads the CA's key, but whoever reads it can mint relays.
+    crate::credentials::warn_if_others_can_read(
+        &dir.join(crate::credentials::CA_KEY_FILE),
+        "the CA's private key",
+    );
     server_config(&dir.join(RELAY_CERT_FILE), &dir.join(RELAY_KEY_FILE))
 }
 

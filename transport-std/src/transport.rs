@@ -60,7 +60,7 @@ pub(crate) const RELAY_SPEAKS_TLS: &str = "this endpoint uses plain TCP but the 
 /// What a TLS endpoint reports when the peer does not complete a TLS handshake.
 const RELAY_SPEAKS_PLAIN: &str = "this endpoint uses TLS but the relay does not answer with \
      TLS: it probably runs in plain mode (--plain); connect with Security::Plain, or run the \
-     relay with TLS";
+     relay with TLS (or no tlsro relay listens there: check the address and port)";
 
 /// How the transport is secured, resolved from the builder's settings.
 #[derive(Clone)]

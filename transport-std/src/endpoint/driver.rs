@@ -303,6 +303,9 @@ impl Driver {
             ));
             return;
         }
+        // Nothing from the relay has been taken yet: a first frame that does not parse means
+        // that something else answers at this address.
+        let first_frame = matches!(st.session.phase(), Phase::SendHello | Phase::AwaitChallenge);
         let mut start = 0;
         let mut delivered = false;
         while st.session.phase() != Phase::Closed {
@@ -357,6 +360,13 @@ impl Driver {
                     if let Some(event) = event {
                         delivered |= on_event(&mut self.ctl, &shared, &mut st, event);
                     }
+                }
+                Err(SessionError::Frame(e)) if first_frame && start == 0 => {
+                    self.ctl.failure = Some(Failure::new(
+                        Error::NotARelay(format!("its first bytes are not a tlsro frame ({e})")),
+                        Heal::NotOnFirstConnect,
+                    ));
+                    break;
                 }
                 // The session closed the connection; `plan` reports why.
                 Err(_) => break,
