@@ -389,19 +389,30 @@ fn show_and_generate_report_problems() {
     assert!(!dir.exists());
 }
 
+/// `tlsro-relay run` with the credentials in `dir` on a port of the OS's choosing, the password
+/// from the environment.
+fn run_tls(home: &Path, dir: &Path) -> Running {
+    let mut cmd = command(
+        home,
+        &[
+            "run",
+            "--credentials",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    cmd.env("TLSRO_PASSWORD", "correct horse battery staple");
+    Running::spawn(cmd)
+}
+
 #[test]
 fn run_with_credentials_listens_serves_tls_and_stops_on_sigterm() {
     let home = TempDir::new("run-tls");
     let (dir, generated) = generate_credentials(&home);
-    let dir_arg = dir.to_str().unwrap();
     let fingerprint = fingerprint_in(&generated.stdout);
 
-    let mut cmd = command(
-        home.path(),
-        &["run", "--credentials", dir_arg, "--listen", "127.0.0.1:0"],
-    );
-    cmd.env("TLSRO_PASSWORD", "correct horse battery staple");
-    let mut relay = Running::spawn(cmd);
+    let mut relay = run_tls(home.path(), &dir);
     assert_eq!(relay.line_after(FINGERPRINT_PREFIX), fingerprint);
     let endpoints = relay.line_after("endpoints: ");
     assert_eq!(
@@ -438,18 +449,7 @@ fn run_warns_about_keys_that_others_can_read() {
     for file in ["relay.key", "ca.key"] {
         std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    let mut cmd = command(
-        home.path(),
-        &[
-            "run",
-            "--credentials",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-    );
-    cmd.env("TLSRO_PASSWORD", "correct horse battery staple");
-    let mut relay = Running::spawn(cmd);
+    let mut relay = run_tls(home.path(), &dir);
     relay.listening();
     let log = relay.stop_and_read_log();
     for what in ["the relay's private key", "the CA's private key"] {
@@ -536,18 +536,7 @@ fn run_applies_the_configuration_file_and_the_command_line_wins() {
 
     // An address that cannot be bound in the file, a good one on the command line.
     std::fs::write(&config, "listen = \"192.0.2.1:9\"\n").unwrap();
-    let mut cmd = command(
-        home.path(),
-        &[
-            "run",
-            "--plain",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-    );
-    cmd.env("TLSRO_PASSWORD", "s3cret");
+    let cmd = run_plain(home.path(), &["--config", config.to_str().unwrap()]);
     let mut relay = Running::spawn(cmd);
     assert!(relay.listening().ip().is_loopback());
     drop(relay);
