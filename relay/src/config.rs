@@ -29,7 +29,8 @@
 //! max_queue = 1000              # produced objects waiting; default 100000
 //! overflow = "reject"           # or "drop-oldest"; default "reject"
 //!
-//! # Limits of every group when there is no allow-list.
+//! # Limits of every group when there is no allow-list, and of the keys a [groups.NAME]
+//! # table leaves out when there is one.
 //! [default_group]
 //! max_queue = 100000
 //! overflow = "reject"
@@ -123,12 +124,14 @@ pub struct RelayFileConfig {
     /// The allow-list: when not empty, only these groups exist, with these limits.
     #[serde(default, deserialize_with = "de_groups")]
     pub groups: BTreeMap<String, GroupFileLimits>,
-    /// Limits of groups when there is no allow-list.
+    /// Limits of groups when there is no allow-list, and the base of every `[groups.NAME]`
+    /// table (the keys it leaves out) when there is one.
     pub default_group: Option<GroupFileLimits>,
 }
 
 /// The limits of one group in the file (`[groups.NAME]` or `[default_group]`). A missing key
-/// keeps the default of [`GroupLimits::default`].
+/// keeps the default: `[default_group]`'s for a `[groups.NAME]` table, else
+/// [`GroupLimits::default`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupFileLimits {
@@ -162,7 +165,13 @@ impl From<OverflowSetting> for Overflow {
 impl GroupFileLimits {
     /// These limits on top of the defaults.
     pub fn to_limits(&self) -> GroupLimits {
-        let mut limits = GroupLimits::default();
+        self.over(GroupLimits::default())
+    }
+
+    /// These limits on top of `base` (a `[groups.NAME]` table's missing keys come from
+    /// `[default_group]`).
+    pub fn over(&self, base: GroupLimits) -> GroupLimits {
+        let mut limits = base;
         if let Some(n) = self.max_members {
             limits.max_members = Some(n);
         }
@@ -320,16 +329,17 @@ impl RelayFileConfig {
         if let Some(n) = self.min_frame_rate {
             config.min_frame_rate = n;
         }
+        if let Some(limits) = &self.default_group {
+            config.default_limits = limits.to_limits();
+        }
         if !self.groups.is_empty() {
+            let base = config.default_limits.clone();
             config.allowed_groups = Some(
                 self.groups
                     .iter()
-                    .map(|(name, limits)| (name.clone(), limits.to_limits()))
+                    .map(|(name, limits)| (name.clone(), limits.over(base.clone())))
                     .collect(),
             );
-        }
-        if let Some(limits) = &self.default_group {
-            config.default_limits = limits.to_limits();
         }
     }
 
@@ -652,11 +662,29 @@ overflow = "reject"
         let mut c = config();
         file.apply_to(&mut c);
         let allowed = c.allowed_groups.unwrap();
-        assert_eq!(allowed["a"], GroupLimits::default());
-        assert_eq!(allowed["b"].overflow, Overflow::DropOldest);
-        assert_eq!(allowed["b"].max_queue, GroupLimits::default().max_queue);
-        assert_eq!(c.default_limits.max_members, Some(2));
-        assert_eq!(c.default_limits.overflow, Overflow::DropOldest);
+        // A listed group's missing keys come from [default_group], then the built-in defaults.
+        let base = GroupLimits {
+            max_members: Some(2),
+            overflow: Overflow::DropOldest,
+            ..GroupLimits::default()
+        };
+        assert_eq!(allowed["a"], base);
+        assert_eq!(allowed["b"], base);
+        assert_eq!(c.default_limits, base);
+        // Without [default_group], the built-in defaults.
+        let file = RelayFileConfig::parse("[groups.a]
+max_queue = 5
+").unwrap();
+        let mut c = config();
+        file.apply_to(&mut c);
+        let allowed = c.allowed_groups.unwrap();
+        assert_eq!(
+            allowed["a"],
+            GroupLimits {
+                max_queue: 5,
+                ..GroupLimits::default()
+            }
+        );
     }
 
     #[test]
