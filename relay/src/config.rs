@@ -672,9 +672,12 @@ overflow = "reject"
         assert_eq!(allowed["b"], base);
         assert_eq!(c.default_limits, base);
         // Without [default_group], the built-in defaults.
-        let file = RelayFileConfig::parse("[groups.a]
+        let file = RelayFileConfig::parse(
+            "[groups.a]
 max_queue = 5
-").unwrap();
+",
+        )
+        .unwrap();
         let mut c = config();
         file.apply_to(&mut c);
         let allowed = c.allowed_groups.unwrap();

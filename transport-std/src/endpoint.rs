@@ -117,7 +117,8 @@ impl<T, C> fmt::Debug for Endpoint<T, C> {
 
 impl<T> Endpoint<T, Postcard> {
     /// Starts configuring an endpoint for the relay at `relay_addr` (`"host:port"`, IPv6 as
-    /// `"[addr]:port"`) with the shared `password`.
+    /// `"[addr]:port"`) with the shared `password`. Another codec is chosen on the builder:
+    /// `Endpoint::<T>::builder(..).codec(Json)` makes an `Endpoint<T, Json>`.
     pub fn builder(relay_addr: impl Into<String>, password: impl Into<Vec<u8>>) -> Builder<T> {
         Builder::new(relay_addr.into(), password.into())
     }
