@@ -357,6 +357,10 @@ pub struct EndpointSession {
     /// ([`request_confirm`](EndpointSession::request_confirm)): a `Ping` asks for it whenever
     /// none is out, across frames received and reconnects, until a `Confirm` covers it.
     confirm_wanted: u64,
+    /// The highest sequence number the relay can still get (the last publish, unless the
+    /// driver dropped it unsent: [`publishes_dropped`](EndpointSession::publishes_dropped)):
+    /// confirm requests go no higher, or they would never be answered.
+    confirmable: u64,
     relay_max_frame: u32,
     relay_epoch: Option<u64>,
     generation: u32,
@@ -378,6 +382,7 @@ impl EndpointSession {
             next_seq: 1,
             confirmed: 0,
             confirm_wanted: 0,
+            confirmable: 0,
             relay_max_frame: DEFAULT_RELAY_MAX_FRAME,
             relay_epoch: None,
             generation: 0,
@@ -582,6 +587,7 @@ impl EndpointSession {
             });
         }
         let n = frame.encode_header(payload_len, out)?;
+        self.confirmable = self.next_seq;
         self.next_seq += 1;
         Ok((seq, n))
     }
@@ -971,7 +977,7 @@ impl EndpointSession {
     /// [`request_confirm`](Self::request_confirm) for the publishes up to `seq` only (one
     /// receipt): nothing when they are confirmed already, even if later ones are not.
     pub fn request_confirm_up_to(&mut self, seq: u64) {
-        let seq = seq.min(self.next_seq.saturating_sub(1));
+        let seq = seq.min(self.confirmable);
         if seq > self.confirmed {
             self.confirm_wanted = self.confirm_wanted.max(seq);
         }
@@ -982,7 +988,8 @@ impl EndpointSession {
     /// number it still keeps (0: none). A confirm request above it no longer holds: the relay
     /// cannot confirm what it never got, and asking for it would ping after every `Pong`.
     pub fn publishes_dropped(&mut self, highest_kept: u64) {
-        self.confirm_wanted = self.confirm_wanted.min(highest_kept.max(self.confirmed));
+        self.confirmable = highest_kept.max(self.confirmed);
+        self.confirm_wanted = self.confirm_wanted.min(self.confirmable);
     }
 
     fn confirm_ping_pending(&self) -> bool {

@@ -211,6 +211,31 @@ impl<'a> Outbox<'a> {
         }
     }
 
+    /// Forgets the kept frames longer than `max` (a relay that came back with a lower limit
+    /// would close the connection on each, at every connect, and everything behind it would
+    /// wait for ever), keeping the others in order. For a connection on which nothing is sent
+    /// yet. Returns how many were dropped and the highest sequence number still kept (0: none).
+    pub fn drop_longer_than(&mut self, max: usize) -> (usize, u64) {
+        debug_assert_eq!(self.sent, 0);
+        let (mut read, mut write, mut dropped, mut highest) = (0, 0, 0, 0);
+        while read < self.len {
+            let len = self.frame_len_at(read);
+            if len == 0 {
+                break;
+            }
+            if len > max {
+                dropped += 1;
+            } else {
+                highest = self.seq_at(read);
+                self.buf.copy_within(read..read + len, write);
+                write += len;
+            }
+            read += len;
+        }
+        self.len = write;
+        (dropped, highest)
+    }
+
     /// Forgets the frames at the front that the relay confirmed (`seq <= confirmed`), except
     /// one that is written only in part: the rest of it must still go out, or the stream would
     /// break. Returns the bytes freed.
@@ -325,6 +350,30 @@ mod tests {
         outbox.restart();
         assert_eq!(outbox.unsent().len(), c);
         assert_eq!(outbox.drop_confirmed(3), c);
+        assert_eq!(outbox.kept(), 0);
+    }
+
+    #[test]
+    fn outbox_drops_the_frames_a_lower_limit_refuses_and_keeps_the_rest_in_order() {
+        let mut buf = [0u8; 256];
+        let mut outbox = Outbox::new(&mut buf);
+        let a = publish(&mut outbox, 1, b"a");
+        let big = publish(&mut outbox, 2, &[7; 100]);
+        let c = publish(&mut outbox, 3, b"cc");
+        let big_last = publish(&mut outbox, 4, &[8; 100]);
+        assert!(a < 40 && c < 40 && big > 100 && big_last > 100);
+        assert_eq!(outbox.drop_longer_than(40), (2, 3));
+        assert_eq!(outbox.kept(), a + c);
+        let kept = outbox.unsent().to_vec();
+        let first = frame::announced_len(&kept).unwrap();
+        let seqs: [u64; 2] = [&kept[..first], &kept[first..]].map(|f| match frame::decode(f) {
+            Ok(Frame::Publish(p)) => p.seq,
+            other => panic!("{other:?}"),
+        });
+        assert_eq!(seqs, [1, 3]);
+        // Nothing too large: nothing changes; nothing kept: 0.
+        assert_eq!(outbox.drop_longer_than(40), (0, 3));
+        assert_eq!(outbox.drop_longer_than(1), (2, 0));
         assert_eq!(outbox.kept(), 0);
     }
 }

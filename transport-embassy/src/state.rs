@@ -80,6 +80,9 @@ pub struct Stats {
     pub inbox_items: u32,
     /// Bytes of publishes waiting in the outbox for the relay's confirmation.
     pub outbox_bytes: u32,
+    /// Kept publishes dropped unsent because a relay came back with a lower frame limit than
+    /// they need (they were logged).
+    pub publishes_dropped: u32,
 }
 
 /// What [`Inner::take_frame`] did with the bytes at the front of the frame buffer.
@@ -265,6 +268,16 @@ impl<'a> Inner<'a> {
             Event::Connected { last_seq } => {
                 let confirmed = self.session.confirmed();
                 self.outbox.drop_confirmed(confirmed);
+                let max = self.session.relay_max_frame() as usize;
+                let (dropped, highest_kept) = self.outbox.drop_longer_than(max);
+                if dropped > 0 {
+                    warn!(
+                        "tlsro: {} kept publishes exceed the relay's limit of {} bytes now and are dropped",
+                        dropped, max
+                    );
+                    self.stats.publishes_dropped += dropped as u32;
+                    self.session.publishes_dropped(highest_kept);
+                }
                 self.welcomed = true;
                 self.stats.connects += 1;
                 self.set_status(Status::Connected);

@@ -1226,3 +1226,29 @@ fn welcome_claiming_publishes_never_made_is_refused() {
     connect(&mut s, at(0), 1, 1, 1);
     assert_eq!(s.confirmed(), 1);
 }
+
+/// Publishes the driver dropped unsent (too large for the relay after a reconnect) are never
+/// asked to be confirmed: the relay cannot confirm what it never got, so each `Pong` would
+/// bring another `Ping`. A later publish can be confirmed again.
+#[test]
+fn dropped_publishes_are_not_asked_to_be_confirmed() {
+    let mut s = session();
+    connect(&mut s, at(0), 1, 1, 0);
+    let mut buf = [0; 64];
+    s.publish(PublishKind::Produce, &["jobs"], b"a", &mut buf)
+        .unwrap();
+    s.publish(PublishKind::Produce, &["jobs"], b"dropped", &mut buf)
+        .unwrap();
+    sent(&mut s);
+    feed(&mut s, at(1), &Frame::Confirm(Confirm { up_to: 1 })).unwrap();
+    s.publishes_dropped(1);
+    s.request_confirm();
+    assert_eq!(sent(&mut s), [], "a Ping for a publish the relay never got");
+    let (seq, _) = s
+        .publish(PublishKind::Produce, &["jobs"], b"b", &mut buf)
+        .unwrap();
+    assert_eq!(seq, 3);
+    sent(&mut s);
+    s.request_confirm();
+    assert_eq!(sent(&mut s), [Frame::Ping]);
+}
