@@ -25,7 +25,7 @@
 //! # Any [groups.NAME] table turns on the allow-list (tlspyo's `accepted_groups`): only the
 //! # groups listed can then be joined or published to.
 //! [groups.consumers]
-//! max_members = 10              # default: unlimited
+//! max_members = 10              # default: [default_group]'s, else unlimited
 //! max_queue = 1000              # produced objects waiting; default 100000
 //! overflow = "reject"           # or "drop-oldest"; default "reject"
 //!
@@ -477,7 +477,6 @@ fn de_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D:
     Ok(Some(size))
 }
 
-/// `handshake_timeout`: a duration string, never zero.
 /// A listen address, `IP:PORT`; the error says what is expected (a host name or a bare port is
 /// the usual mistake). Serves `--listen` and the file's `listen`.
 pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
@@ -494,6 +493,7 @@ fn de_listen<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Socket
     parse_listen(&text).map(Some).map_err(de::Error::custom)
 }
 
+/// `handshake_timeout`: a duration string, never zero.
 fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     struct DurationVisitor;
 

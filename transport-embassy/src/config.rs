@@ -15,8 +15,11 @@ pub struct Config<'a> {
     pub(crate) groups: &'a [&'a str],
     /// The session id: random, the same across reconnects. `None`: drawn from the runner's RNG.
     /// Draw a new one at every boot: numbering starts again at 1, and a relay that still
-    /// remembers the old session would say it has publishes the new one never made, which the
-    /// endpoint refuses (a protocol error at every connect until the relay forgets it).
+    /// remembers the old session says it has handled publishes up to the old boot's last one.
+    /// While the new boot has published no more than that, the endpoint refuses the relay (a
+    /// protocol error at every connect); once it has published more, the relay's claim looks
+    /// valid: the new boot's publishes up to it count as confirmed and the relay drops them as
+    /// resends, silently lost.
     pub session: Option<[u8; 16]>,
     /// Ping the relay after this much silence (default 5 s).
     pub keepalive: Duration,

@@ -195,6 +195,17 @@ pub enum Event {
         /// Why.
         reason: RejectReason,
     },
+    /// A kept publish was dropped unsent: after a reconnect it no longer fits the relay's
+    /// frame limit (a relay restarted with a lower object limit). Its receipt reports
+    /// [`Error::FrameTooLarge`] too.
+    PublishDropped {
+        /// The publish's sequence number ([`Receipt::seq`]).
+        seq: u64,
+        /// The size of its frame.
+        size: u64,
+        /// The relay's limit now.
+        max: u32,
+    },
     /// A broadcast was larger than this endpoint's `max_frame` and was not delivered.
     Skipped {
         /// The group.

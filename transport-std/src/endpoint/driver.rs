@@ -535,7 +535,9 @@ fn on_event(ctl: &mut Control, shared: &Shared, st: &mut State, event: SessionEv
             st.outbox.confirm_up_to(last_seq);
             let max = st.session.relay_max_frame();
             if st.outbox.bytes > 0 {
-                let highest_kept = st.outbox.drop_larger_than(max);
+                let highest_kept = st.outbox.drop_larger_than(max, |seq, size| {
+                    shared.emit(Event::PublishDropped { seq, size, max })
+                });
                 st.session.publishes_dropped(highest_kept.unwrap_or(0));
             }
             st.outbox.rewind();

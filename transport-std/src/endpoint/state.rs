@@ -418,8 +418,13 @@ impl Outbox {
     /// The relay accepts frames of at most `max` bytes (its `Welcome` after a reconnect may
     /// state less than when these were published): a kept frame larger than that is never
     /// sent (the relay would close the connection on its length prefix, every time), and its
-    /// receipt reports the limit. Returns the highest sequence number still kept, if any.
-    pub(crate) fn drop_larger_than(&mut self, max: u32) -> Option<u64> {
+    /// receipt reports the limit, and `dropped` gets its sequence number and size. Returns the
+    /// highest sequence number still kept, if any.
+    pub(crate) fn drop_larger_than(
+        &mut self,
+        max: u32,
+        mut dropped: impl FnMut(u64, u64),
+    ) -> Option<u64> {
         let mut kept = VecDeque::with_capacity(self.entries.len());
         for mut entry in self.entries.drain(..) {
             let size = entry.frame().len();
@@ -434,6 +439,7 @@ impl Outbox {
                 max,
                 "a kept publish no longer fits the relay's limit and is not resent"
             );
+            dropped(entry.seq, size as u64);
             if let Some(done) = entry.done.take() {
                 let _ = done.send(Err(PublishError::Unconfirmed(Error::FrameTooLarge {
                     size: size as u64,

@@ -1841,3 +1841,31 @@ async fn a_welcome_claiming_publishes_never_made_confirms_nothing() {
     next.send(&Frame::Confirm(Confirm { up_to: 1 })).await;
     bounded("receipt", receipt.wait()).await.unwrap();
 }
+
+/// An application that let go of the receipt (receipts are "to await or to drop") still hears
+/// of a kept publish dropped unsent for a relay's lower limit, as it hears of a rejection: an
+/// event, not only a log line.
+#[tokio::test]
+async fn a_dropped_publish_is_reported_as_an_event_too() {
+    let relay = FakeRelay::new().await;
+    let (_endpoint, conn, mut events, big) = with_a_big_publish(&relay).await;
+    let seq = big.seq();
+    drop(big);
+    let welcome = Welcomed {
+        max_frame: 4096,
+        ..Welcomed::default()
+    };
+    let _conn = relay.reconnect(conn, &mut events, welcome).await;
+    match next_event(&mut events).await {
+        Event::PublishDropped {
+            seq: dropped,
+            size,
+            max: 4096,
+        } => {
+            assert_eq!(dropped, seq);
+            assert!(size > 8000, "{size}");
+        }
+        other => panic!("expected PublishDropped, got {other:?}"),
+    }
+    assert!(matches!(next_event(&mut events).await, Event::Connected));
+}
