@@ -114,6 +114,14 @@ pub enum Error {
         /// The sequence number the next publish gets.
         next_seq: u64,
     },
+    /// The relay's first `Welcome` to this session says it handled publishes of it already
+    /// (up to `last_seq`), before this endpoint ever connected: the session id is in use by
+    /// another endpoint, or was reused after a restart. Taking it would count this endpoint's
+    /// publishes up to `last_seq` as confirmed, and the relay would drop them as resends.
+    SessionReused {
+        /// `Welcome.last_seq`.
+        last_seq: u64,
+    },
     /// The handshake did not finish in time.
     HandshakeTimeout,
     /// Nothing was heard from the relay for `dead_after`.
@@ -187,6 +195,11 @@ impl fmt::Display for Error {
                 "the relay says it handled publishes up to {last_seq} for this session, which \
                  has published only {}: another endpoint uses the same session id",
                 next_seq.saturating_sub(1)
+            ),
+            Error::SessionReused { last_seq } => write!(
+                f,
+                "the relay already has publishes up to {last_seq} from this session id, before \
+                 its first connection: the id is reused (draw a fresh random one at each start)"
             ),
             Error::HandshakeTimeout => f.write_str("the handshake with the relay timed out"),
             Error::RelaySilent => f.write_str("nothing heard from the relay for too long"),
@@ -658,7 +671,8 @@ impl EndpointSession {
             Error::Frame(_)
             | Error::Unexpected(_)
             | Error::AckUnknown { .. }
-            | Error::RelayAhead { .. } => Some(CloseCode::ProtocolViolation),
+            | Error::RelayAhead { .. }
+            | Error::SessionReused { .. } => Some(CloseCode::ProtocolViolation),
             _ => None,
         };
         if code.is_some() && !matches!(self.conn.phase, Phase::Closed | Phase::Idle) {
@@ -705,6 +719,12 @@ impl EndpointSession {
                 }
                 // Like a `Confirm` beyond what was sent: taking it would count kept publishes
                 // as confirmed, and the relay would drop later ones up to it as resends.
+                // Before its first `Welcome` a session has sent the relay nothing at all.
+                if self.relay_epoch.is_none() && w.last_seq > 0 {
+                    return Err(self.fail_with(Error::SessionReused {
+                        last_seq: w.last_seq,
+                    }));
+                }
                 if w.last_seq >= self.next_seq {
                     return Err(self.fail_with(Error::RelayAhead {
                         last_seq: w.last_seq,

@@ -15,11 +15,10 @@ pub struct Config<'a> {
     pub(crate) groups: &'a [&'a str],
     /// The session id: random, the same across reconnects. `None`: drawn from the runner's RNG.
     /// Draw a new one at every boot: numbering starts again at 1, and a relay that still
-    /// remembers the old session says it has handled publishes up to the old boot's last one.
-    /// While the new boot has published no more than that, the endpoint refuses the relay (a
-    /// protocol error at every connect); once it has published more, the relay's claim looks
-    /// valid: the new boot's publishes up to it count as confirmed and the relay drops them as
-    /// resends, silently lost.
+    /// remembers the old session would take the new boot's publishes up to the old one's last
+    /// as resends. The endpoint refuses such a relay (a relay that knows the session at its
+    /// first connect: `Error::Protocol`, logged, at every connect until the relay forgets the
+    /// session), so nothing is lost, but nothing is sent either.
     pub session: Option<[u8; 16]>,
     /// Ping the relay after this much silence (default 5 s).
     pub keepalive: Duration,

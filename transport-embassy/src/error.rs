@@ -129,7 +129,8 @@ impl From<SessionError> for Error {
             SessionError::Frame(_)
             | SessionError::Unexpected(_)
             | SessionError::AckUnknown { .. }
-            | SessionError::RelayAhead { .. } => Error::Protocol,
+            | SessionError::RelayAhead { .. }
+            | SessionError::SessionReused { .. } => Error::Protocol,
             SessionError::RelayProofInvalid => Error::RelayNotAuthenticated,
             SessionError::Rejected(code, _) | SessionError::Closed(code, _) => {
                 Error::from_close(code)

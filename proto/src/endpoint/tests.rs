@@ -1056,8 +1056,10 @@ fn confirms_and_rejections() {
         s.publish(PublishKind::Produce, &["jobs"], b"x", &mut buf)
             .unwrap();
     }
-    // Welcome says what the relay already handled for this session.
-    connect(&mut s, at(0), 1, 1, 1);
+    // A reconnect's Welcome says what the relay already handled for this session.
+    connect(&mut s, at(0), 1, 1, 0);
+    s.connection_lost();
+    connect(&mut s, at(0), 2, 1, 1);
     assert_eq!(s.confirmed(), 1);
     let rejected = Frame::PublishRejected(PublishRejected {
         seq: 2,
@@ -1197,18 +1199,20 @@ fn small_transmit_buffer_loses_nothing() {
 }
 
 /// A `Welcome` whose `last_seq` is at or beyond the next sequence number claims publishes this
-/// session never made (a relay bug, or a session id reused after a restart, which starts
-/// numbering again at 1): taken as is, the kept publishes up to it would count as confirmed and
-/// the relay would drop every later one up to it as a resend, confirming it: silently lost.
+/// session never made (a relay bug, or another endpoint with the same session id): taken as
+/// is, the kept publishes up to it would count as confirmed and the relay would drop every
+/// later one up to it as a resend, confirming it: silently lost.
 #[test]
 fn welcome_claiming_publishes_never_made_is_refused() {
     let mut s = session();
     let mut buf = [0; 64];
+    connect(&mut s, at(0), 1, 1, 0);
     s.publish(PublishKind::Produce, &["jobs"], b"x", &mut buf)
         .unwrap();
-    let script = authenticate(&mut s, at(0), 1);
+    s.connection_lost();
+    let script = authenticate(&mut s, at(10), 2);
     let welcome = script.welcome(RELAY_MAX, 1, 5);
-    let err = feed(&mut s, at(1), &welcome).unwrap_err();
+    let err = feed(&mut s, at(11), &welcome).unwrap_err();
     assert_eq!(
         err,
         Error::RelayAhead {
@@ -1221,10 +1225,33 @@ fn welcome_claiming_publishes_never_made_is_refused() {
     assert_eq!(sent(&mut s), [close(CloseCode::ProtocolViolation, "")]);
     // Everything published so far, exactly, is fine.
     let mut s = session();
+    connect(&mut s, at(0), 1, 1, 0);
     s.publish(PublishKind::Produce, &["jobs"], b"x", &mut buf)
         .unwrap();
-    connect(&mut s, at(0), 1, 1, 1);
+    s.connection_lost();
+    connect(&mut s, at(10), 2, 1, 1);
     assert_eq!(s.confirmed(), 1);
+}
+
+/// Before its first `Welcome` a session has sent the relay nothing, so a first `Welcome` with
+/// `last_seq` above 0 means the relay knows the session id from another endpoint (one reused
+/// after a reboot, say). Once this endpoint had published past that number, the check above
+/// could not tell; this one can, before anything is lost.
+#[test]
+fn a_first_welcome_that_knows_the_session_is_refused() {
+    let mut s = session();
+    let mut buf = [0; 64];
+    for payload in [&b"a"[..], b"b", b"c"] {
+        s.publish(PublishKind::Produce, &["jobs"], payload, &mut buf)
+            .unwrap();
+    }
+    let script = authenticate(&mut s, at(0), 1);
+    let welcome = script.welcome(RELAY_MAX, 1, 2);
+    let err = feed(&mut s, at(1), &welcome).unwrap_err();
+    assert_eq!(err, Error::SessionReused { last_seq: 2 });
+    assert!(err.to_string().contains("reused"), "{err}");
+    assert_eq!(s.confirmed(), 0, "nothing counts as confirmed");
+    assert_eq!(sent(&mut s), [close(CloseCode::ProtocolViolation, "")]);
 }
 
 /// Publishes the driver dropped unsent (too large for the relay after a reconnect) are never

@@ -613,7 +613,8 @@ fn session_failure(error: Option<&SessionError>) -> Failure {
         SessionError::Frame(_)
         | SessionError::Unexpected(_)
         | SessionError::AckUnknown { .. }
-        | SessionError::RelayAhead { .. } => Heal::NotOnFirstConnect,
+        | SessionError::RelayAhead { .. }
+        | SessionError::SessionReused { .. } => Heal::NotOnFirstConnect,
         _ => Heal::Retry,
     };
     Failure::new(error.clone().into(), heal)
