@@ -100,7 +100,14 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     let value: f64 = number
         .parse()
         .map_err(|_| format!("{text:?} is not a size (examples: 100, 64KiB, 1MiB)"))?;
-    Ok((value * scale).round() as u64)
+    let bytes = (value * scale).round();
+    // Frame lengths are 32-bit: no object, write or window here can be larger.
+    if bytes > f64::from(u32::MAX) {
+        return Err(format!(
+            "{text:?} is too large: a size must be below 4GiB (frame lengths are 32-bit)"
+        ));
+    }
+    Ok(bytes as u64)
 }
 
 /// A payload: bytes carried as they are by [`RawBytes`], encoded and decoded in one copy.

@@ -167,3 +167,18 @@ fn wake_measures_both_modes() {
         assert!(r[key].as_f64().unwrap() > 0.0, "{r}");
     }
 }
+
+/// A size past what a frame can carry is refused with a message, not a panic.
+#[test]
+fn a_huge_size_is_refused_before_anything_runs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tlsro-bench"))
+        .args(["thr", "--plain", "--count", "1", "--size", "99999999999GiB"])
+        .output()
+        .expect("tlsro-bench runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("too large") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

@@ -61,6 +61,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use tlsro_proto::MAX_GROUP_NAME;
 use tlsro_proto::relay::{DEFAULT_MAX_OBJECT, GroupLimits, Overflow, RelayConfig};
 
 use crate::RelayBuilder;
@@ -277,6 +278,16 @@ impl RelayFileConfig {
                  keepalive the relay honours"
             ));
         }
+        if self.max_connections == Some(0) {
+            return Err(
+                "max_connections must be at least 1 (0 would refuse every connection)".to_owned(),
+            );
+        }
+        if self.max_groups == Some(0) {
+            return Err(
+                "max_groups must be at least 1 (0 would refuse every join and publish)".to_owned(),
+            );
+        }
         if self.idle_intervals == Some(0) {
             return Err(
                 "idle_intervals must be at least 1 (0 would close every endpoint at once as idle)"
@@ -386,6 +397,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
              B, KiB, MiB or GiB suffix, e.g. \"16MiB\""
         ));
     }
+    if unit.starts_with(['.', ',']) {
+        return Err(format!(
+            "{text:?}: a size is a whole number; write a smaller unit instead, e.g. \"1536KiB\" \
+             for 1.5MiB"
+        ));
+    }
     let number: u64 = digits
         .parse()
         .map_err(|_| format!("{text:?} is too large"))?;
@@ -424,6 +441,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!(
             "{text:?} is not a duration: expected a whole number with a us, ms, s or m suffix, \
              e.g. \"10s\""
+        ));
+    }
+    if unit.starts_with(['.', ',']) {
+        return Err(format!(
+            "{text:?}: a duration is a whole number; write a smaller unit instead, e.g. \
+             \"500ms\" for 0.5s"
         ));
     }
     let number: u64 = digits
@@ -550,6 +573,17 @@ fn de_groups<'de, D: Deserializer<'de>>(
         return Err(de::Error::custom(
             "[groups] lists no group: add [groups.NAME] tables, or remove it to allow any group",
         ));
+    }
+    // A name no endpoint can send would be an entry nobody can ever join or publish to.
+    if let Some(name) = groups
+        .keys()
+        .find(|name| tlsro_proto::frame::check_group_name(name).is_err())
+    {
+        return Err(de::Error::custom(format!(
+            "group name {name:?} is {} bytes long: a group name has 1 to {MAX_GROUP_NAME} bytes \
+             of UTF-8, so no endpoint could join or publish to it",
+            name.len()
+        )));
     }
     Ok(groups)
 }
@@ -708,7 +742,8 @@ max_queue = 5
         );
         assert!(parse_size("MiB").is_err());
         assert!(parse_size("-1").is_err());
-        assert!(parse_size("1.5MiB").is_err());
+        let e = parse_size("1.5MiB").unwrap_err();
+        assert!(e.contains("whole number") && e.contains("KiB"), "{e}");
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999999999").is_err());
         assert!(
@@ -766,7 +801,8 @@ max_queue = 5
         assert_eq!(parse_duration("3 s"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
         assert!(parse_duration("10h").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("1.5s").is_err());
+        let e = parse_duration("0.5s").unwrap_err();
+        assert!(e.contains("whole number") && e.contains("500ms"), "{e}");
         assert!(parse_duration("s").is_err());
 
         let file = RelayFileConfig::parse("handshake_timeout = \"1500ms\"").unwrap();
@@ -792,6 +828,31 @@ max_queue = 5
         assert!(e.contains("colour"), "{e}");
         let e = parse_err("[groups]\n");
         assert!(e.contains("lists no group"), "{e}");
+    }
+
+    #[test]
+    fn group_names_no_endpoint_can_send_are_refused() {
+        let long = "x".repeat(MAX_GROUP_NAME + 1);
+        for name in ["", long.as_str()] {
+            let e = parse_err(&format!("[groups.\"{name}\"]\n"));
+            assert!(
+                e.contains("group name") && e.contains(&format!("1 to {MAX_GROUP_NAME} bytes")),
+                "{name:?}: {e}"
+            );
+        }
+        let longest = "x".repeat(MAX_GROUP_NAME);
+        let file = RelayFileConfig::parse(&format!("[groups.{longest}]\n[groups.\"bücher\"]\n"))
+            .expect("valid names");
+        assert_eq!(file.groups.len(), 2);
+    }
+
+    #[test]
+    fn limits_that_refuse_everything_are_refused() {
+        let e = parse_err("max_connections = 0");
+        assert!(e.contains("max_connections must be at least 1"), "{e}");
+        let e = parse_err("max_groups = 0");
+        assert!(e.contains("max_groups must be at least 1"), "{e}");
+        RelayFileConfig::parse("max_connections = 1\nmax_groups = 1\nmax_sessions = 0").unwrap();
     }
 
     #[test]

@@ -233,6 +233,31 @@ fn run(args: RunArgs) -> Result<(), BoxError> {
         })?)
     };
 
+    // The CA endpoints are told to trust must accept the certificate the relay shows them.
+    // A certificate outside its validity period only warns: it is the endpoints' clocks that
+    // judge, and this machine's may be the one that is wrong.
+    if let Some(shown) = shown.as_ref().filter(|s| s.ca_fingerprint.is_some()) {
+        let creds = &shown.credentials;
+        match tls::check_relay_certificate(&creds.relay_cert(), &creds.ca_cert()) {
+            Ok(()) => {}
+            Err(e) if is_about_time(&e) => tracing::warn!(
+                "{e} (by this machine's clock: endpoints whose clocks agree will refuse the \
+                 relay; generate new credentials with `tlsro-relay credentials generate --dir {} \
+                 --force`)",
+                dir.display()
+            ),
+            Err(e) => {
+                return Err(format!(
+                    "{e}\n(every endpoint would refuse this relay: generate new credentials with \
+                     `tlsro-relay credentials generate --dir {} --force`, or put the ca.pem \
+                     that signed relay.pem beside it)",
+                    dir.display()
+                )
+                .into());
+            }
+        }
+    }
+
     let (password, source) = password(&args, &dir)?;
 
     let mut builder = file_config.apply(Relay::builder(password)).listen(listen);
@@ -308,6 +333,23 @@ fn print_tls_summary(shown: &Shown, source: &PasswordSource) {
             ca.display()
         )),
     }
+}
+
+/// Whether a refused relay certificate is refused only for the date (expired, not valid yet).
+fn is_about_time(e: &tls::TlsSetupError) -> bool {
+    use rustls::{CertificateError as C, Error as E};
+    matches!(
+        e,
+        tls::TlsSetupError::Rustls {
+            source: E::InvalidCertificate(
+                C::Expired
+                    | C::ExpiredContext { .. }
+                    | C::NotValidYet
+                    | C::NotValidYetContext { .. }
+            ),
+            ..
+        }
+    )
 }
 
 /// The password: `$TLSRO_PASSWORD`, else `--password-file`, else `<dir>/password`, else a prompt

@@ -392,6 +392,11 @@ fn show_and_generate_report_problems() {
 /// `tlsro-relay run` with the credentials in `dir` on a port of the OS's choosing, the password
 /// from the environment.
 fn run_tls(home: &Path, dir: &Path) -> Running {
+    Running::spawn(run_tls_command(home, dir))
+}
+
+/// The command of [`run_tls`].
+fn run_tls_command(home: &Path, dir: &Path) -> Command {
     let mut cmd = command(
         home,
         &[
@@ -403,7 +408,7 @@ fn run_tls(home: &Path, dir: &Path) -> Running {
         ],
     );
     cmd.env("TLSRO_PASSWORD", "correct horse battery staple");
-    Running::spawn(cmd)
+    cmd
 }
 
 #[test]
@@ -436,6 +441,31 @@ fn run_with_credentials_listens_serves_tls_and_stops_on_sigterm() {
         assert!(status.success(), "exit status after SIGTERM: {status}");
         relay.line_after("stopped");
     }
+}
+
+/// A relay whose ca.pem did not sign relay.pem would tell endpoints to trust a CA that makes
+/// them refuse it: it does not start.
+#[test]
+fn run_refuses_a_relay_certificate_its_ca_did_not_sign() {
+    let home = TempDir::new("run-foreign-ca");
+    let (dir, _) = generate_credentials(&home);
+    let other = home.path().join("other");
+    let generated = finish(command(
+        home.path(),
+        &["credentials", "generate", "--dir", other.to_str().unwrap()],
+    ));
+    assert!(generated.status.success(), "{}", generated.stderr);
+    std::fs::copy(other.join("ca.pem"), dir.join("ca.pem")).unwrap();
+
+    let run = finish(run_tls_command(home.path(), &dir));
+    assert!(!run.status.success(), "started:\n{}", run.stdout);
+    assert!(
+        run.stderr.contains("would refuse the relay certificate")
+            && run.stderr.contains("credentials generate"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains(LISTENING_PREFIX), "{}", run.stdout);
 }
 
 /// Private keys that other users can read are used, with a warning each (as for the password

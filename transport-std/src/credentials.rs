@@ -88,11 +88,13 @@ pub enum CredentialsError {
         /// Its length in bytes.
         len: usize,
     },
-    /// A DNS name is not a valid host name.
-    #[error("{name:?} is not a valid DNS name")]
+    /// A DNS name is not a valid host name, or not one a certificate can carry.
+    #[error("{name:?} is not a valid DNS name: {reason}")]
     InvalidDnsName {
         /// The name.
         name: String,
+        /// Why, and what to write instead.
+        reason: &'static str,
     },
     /// Neither a DNS name nor an IP address was given for the relay certificate.
     #[error("the relay certificate needs at least one DNS name or IP address")]
@@ -282,10 +284,29 @@ fn check_hostnames(hostnames: &[String], ips: &[IpAddr]) -> Result<(), Credentia
                 len: name.len(),
             });
         }
-        let valid = rustls_pki_types::DnsName::try_from(name.as_str()).is_ok()
-            && name.parse::<IpAddr>().is_err();
-        if !valid {
-            return Err(CredentialsError::InvalidDnsName { name: name.clone() });
+        let reason = if name.parse::<IpAddr>().is_ok() {
+            Some("it is an IP address; give it as an IP address instead")
+        } else if name.ends_with('.') && name.len() > 1 {
+            // A client may connect to "relay.example." but a certificate naming it so matches
+            // nothing (webpki refuses such a presented name).
+            Some("a certificate's name cannot end with a dot; write it without the dot")
+        } else if name.contains('*') {
+            Some("wildcard names are not supported; name the relay itself")
+        } else if !name.is_ascii() {
+            Some("only ASCII is allowed; write an internationalised name in its xn-- form")
+        } else if rustls_pki_types::DnsName::try_from(name.as_str()).is_err() {
+            Some(
+                "a host name is dot-separated labels of letters, digits and hyphens, the last \
+                 not all digits",
+            )
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(CredentialsError::InvalidDnsName {
+                name: name.clone(),
+                reason,
+            });
         }
     }
     Ok(())
@@ -848,7 +869,14 @@ pub(crate) mod tests {
             other => panic!("expected DnsNameTooLong, got {other:?}"),
         }
 
-        for bad in ["", "not a name", "127.0.0.1", "bad_ä.example"] {
+        for bad in [
+            "",
+            "not a name",
+            "127.0.0.1",
+            "bad_ä.example",
+            "relay.example.",
+            "*.example",
+        ] {
             opts.hostnames = vec![bad.into()];
             assert!(
                 matches!(
@@ -858,6 +886,10 @@ pub(crate) mod tests {
                 "{bad:?} accepted"
             );
         }
+        // A trailing dot would make a certificate that no endpoint can match.
+        opts.hostnames = vec!["relay.example.".into()];
+        let e = generate(&opts).unwrap_err().to_string();
+        assert!(e.contains("without the dot"), "{e}");
 
         opts.hostnames = vec![];
         opts.ips = vec![];

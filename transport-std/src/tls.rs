@@ -189,10 +189,55 @@ pub fn server_config_from_dir(dir: &Path) -> Result<Arc<ServerConfig>, TlsSetupE
     server_config(&dir.join(RELAY_CERT_FILE), &dir.join(RELAY_KEY_FILE))
 }
 
-/// An endpoint's TLS configuration: trusts exactly the certificates in `ca_pem` (nothing from
-/// the system), no client certificate, TLS 1.3 with the suites and groups of [`crypto_provider`],
-/// ALPN [`ALPN_PROTOCOL`].
-pub fn client_config(ca_pem: &Path) -> Result<Arc<ClientConfig>, TlsSetupError> {
+/// Checks that endpoints trusting `ca_pem` would accept the relay certificate in
+/// `cert_chain_pem`: signed by that CA (through the rest of the chain, if any) and valid now.
+/// The names are not checked (they depend on how endpoints address the relay).
+///
+/// A relay started with a certificate that fails this serves nobody who trusts its `ca.pem`:
+/// every handshake ends in the endpoint's `CertificateRejected`.
+pub fn check_relay_certificate(cert_chain_pem: &Path, ca_pem: &Path) -> Result<(), TlsSetupError> {
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::{CertificateError, Error};
+
+    let certs = load_certificates(cert_chain_pem)?;
+    let roots = trusted_roots(ca_pem)?;
+    let context = || {
+        format!(
+            "endpoints that trust {} would refuse the relay certificate {}",
+            ca_pem.display(),
+            cert_chain_pem.display()
+        )
+    };
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(crypto_provider()))
+            .build()
+            .map_err(|e| TlsSetupError::Rustls {
+                context: context(),
+                source: Error::General(e.to_string()),
+            })?;
+    // Any valid name: a name mismatch is reported apart and ignored here.
+    let name = ServerName::try_from("tlsro-check.invalid").expect("a valid DNS name");
+    match verifier.verify_server_cert(
+        &certs[0],
+        &certs[1..],
+        &name,
+        &[],
+        rustls_pki_types::UnixTime::now(),
+    ) {
+        Ok(_)
+        | Err(Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => Ok(()),
+        Err(source) => Err(TlsSetupError::Rustls {
+            context: context(),
+            source,
+        }),
+    }
+}
+
+/// The certificates in `ca_pem`, as the only roots of trust.
+fn trusted_roots(ca_pem: &Path) -> Result<RootCertStore, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certificates(ca_pem)? {
         roots.add(cert).map_err(|source| TlsSetupError::Rustls {
@@ -200,6 +245,14 @@ pub fn client_config(ca_pem: &Path) -> Result<Arc<ClientConfig>, TlsSetupError> 
             source,
         })?;
     }
+    Ok(roots)
+}
+
+/// An endpoint's TLS configuration: trusts exactly the certificates in `ca_pem` (nothing from
+/// the system), no client certificate, TLS 1.3 with the suites and groups of [`crypto_provider`],
+/// ALPN [`ALPN_PROTOCOL`].
+pub fn client_config(ca_pem: &Path) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let roots = trusted_roots(ca_pem)?;
     let mut config = ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsSetupError::Rustls {
@@ -521,6 +574,47 @@ mod tests {
         let e = client_config(&broken).unwrap_err();
         assert!(matches!(e, TlsSetupError::Pem { .. }), "{e:?}");
         assert!(text(e).contains(&*broken.to_string_lossy()));
+    }
+
+    /// A relay certificate its own ca.pem does not accept is caught before any endpoint tries:
+    /// signed by another CA, or expired.
+    #[test]
+    fn relay_certificate_is_checked_against_its_ca() {
+        let dir = TestDir::new("tls-check");
+        let other = TestDir::new("tls-check-other");
+        generate(&GenerateOptions::new(dir.path())).unwrap();
+        generate(&GenerateOptions::new(other.path())).unwrap();
+        let creds = crate::credentials::Credentials::new(dir.path());
+        let foreign = crate::credentials::Credentials::new(other.path());
+        check_relay_certificate(&creds.relay_cert(), &creds.ca_cert()).unwrap();
+
+        let e = check_relay_certificate(&creds.relay_cert(), &foreign.ca_cert()).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("would refuse the relay certificate"), "{e}");
+        assert!(e.contains(&*foreign.ca_cert().to_string_lossy()), "{e}");
+
+        // An expired relay certificate, signed by its CA.
+        use rcgen::{CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let relay_key = KeyPair::generate().unwrap();
+        let mut relay_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        relay_params.not_before = now - time::Duration::days(30);
+        relay_params.not_after = now - time::Duration::days(1);
+        let relay_cert = relay_params
+            .signed_by(&relay_key, &Issuer::from_params(&ca_params, &ca_key))
+            .unwrap();
+        let ca_pem = dir.path().join("expired-ca.pem");
+        let relay_pem = dir.path().join("expired-relay.pem");
+        fs::write(&ca_pem, ca_cert.pem()).unwrap();
+        fs::write(&relay_pem, relay_cert.pem()).unwrap();
+        let e = check_relay_certificate(&relay_pem, &ca_pem)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expired"), "{e}");
     }
 
     #[test]
