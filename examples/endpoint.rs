@@ -61,9 +61,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let dir = args
         .credentials
         .unwrap_or_else(tlsro::credentials::default_dir);
-    let password = match std::env::var("TLSRO_PASSWORD") {
-        Ok(p) => p.into_bytes(),
-        Err(_) => tlsro::credentials::read_password(&dir.join("password"))?,
+    let password = match tlsro::credentials::password_from_env()? {
+        Some(p) => p,
+        None => tlsro::credentials::read_password(&dir.join("password"))?,
     };
     let security = if args.plain {
         Security::Plain

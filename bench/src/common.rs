@@ -18,7 +18,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Result<T> = std::result::Result<T, BoxError>;
 
 /// The environment variable holding the password of an external relay.
-pub const PASSWORD_ENV: &str = "TLSRO_PASSWORD";
+pub use tlsro::credentials::PASSWORD_ENV;
 
 /// Options every benchmark takes.
 #[derive(Debug, Clone, Args)]
@@ -222,9 +222,9 @@ impl Creds {
     }
 
     fn external(common: &CommonArgs) -> Result<Creds> {
-        let password = match std::env::var(PASSWORD_ENV) {
-            Ok(p) if !p.is_empty() => p.into_bytes(),
-            _ => match &common.credentials {
+        let password = match tlsro::credentials::password_from_env()? {
+            Some(p) => p,
+            None => match &common.credentials {
                 Some(dir) => tlsro::credentials::read_password(&dir.join("password"))
                     .map_err(|e| format!("no ${PASSWORD_ENV} and {e}"))?,
                 None => {

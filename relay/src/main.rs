@@ -28,7 +28,7 @@ use tlsro_relay::config::RelayFileConfig;
 use tracing_subscriber::EnvFilter;
 
 /// The environment variable holding the relay's password.
-const PASSWORD_ENV: &str = "TLSRO_PASSWORD";
+use tlsro::credentials::PASSWORD_ENV;
 
 /// Where the relay listens when neither the command line nor the configuration file says.
 const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
@@ -355,14 +355,8 @@ fn is_about_time(e: &tls::TlsSetupError) -> bool {
 /// The password: `$TLSRO_PASSWORD`, else `--password-file`, else `<dir>/password`, else a prompt
 /// when stdin is a terminal.
 fn password(args: &RunArgs, dir: &Path) -> Result<(Vec<u8>, PasswordSource), BoxError> {
-    if let Some(value) = std::env::var_os(PASSWORD_ENV) {
-        let value = value
-            .into_string()
-            .map_err(|_| format!("{PASSWORD_ENV} is not valid UTF-8"))?;
-        if value.is_empty() {
-            return Err(format!("{PASSWORD_ENV} is set but empty").into());
-        }
-        return Ok((value.into_bytes(), PasswordSource::Env));
+    if let Some(value) = credentials::password_from_env()? {
+        return Ok((value, PasswordSource::Env));
     }
     if let Some(path) = &args.password_file {
         return Ok((

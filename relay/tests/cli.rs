@@ -664,6 +664,13 @@ fn run_without_credentials_or_password_fails_clearly() {
     let run = finish(cmd);
     assert_eq!(run.status.code(), Some(1));
     assert!(run.stderr.contains("empty"), "{}", run.stderr);
+    // So is one of only whitespace: it is read as a password file is (trailing whitespace
+    // dropped), which would leave nothing.
+    let mut cmd = run_plain(home.path(), &["--credentials", empty_arg]);
+    cmd.env("TLSRO_PASSWORD", " \n");
+    let run = finish(cmd);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(run.stderr.contains("set but empty"), "{}", run.stderr);
     assert!(!child_default_dir(home.path()).exists());
 }
 

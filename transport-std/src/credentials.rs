@@ -120,6 +120,9 @@ pub enum CredentialsError {
         /// The file.
         path: PathBuf,
     },
+    /// [`PASSWORD_ENV`] is set but empty (or holds only whitespace).
+    #[error("${PASSWORD_ENV} is set but empty: unset it, or put the password in it")]
+    EmptyPasswordEnv,
     /// A credentials directory holds some of the files but not all that are needed.
     #[error(
         "{}: incomplete credentials, missing {}; generate them again with overwrite, or restore the missing files",
@@ -603,22 +606,44 @@ pub fn warn_if_others_can_read(path: &Path, what: &str) {
 /// Reads a password file: its content without trailing whitespace (the newline). An empty
 /// password is refused.
 pub fn read_password(path: &Path) -> Result<Vec<u8>, CredentialsError> {
-    let mut content = fs::read(path).map_err(|source| CredentialsError::Io {
+    let content = fs::read(path).map_err(|source| CredentialsError::Io {
         path: path.to_owned(),
         source,
     })?;
     warn_if_others_can_read(path, "the password file");
-    let len = content
+    trimmed_password(content).ok_or_else(|| CredentialsError::EmptyPassword {
+        path: path.to_owned(),
+    })
+}
+
+/// The environment variable the relay binary, the examples and the bench read the password
+/// from, before any file.
+pub const PASSWORD_ENV: &str = "TLSRO_PASSWORD";
+
+/// The password in [`PASSWORD_ENV`], read as a password file is (trailing whitespace dropped,
+/// the bytes as they are): `None` when it is not set, an error when nothing is left of it.
+/// The same rules for both, so that a relay reading one and an endpoint the other agree.
+pub fn password_from_env() -> Result<Option<Vec<u8>>, CredentialsError> {
+    let Some(value) = std::env::var_os(PASSWORD_ENV) else {
+        return Ok(None);
+    };
+    #[cfg(unix)]
+    let bytes = std::os::unix::ffi::OsStringExt::into_vec(value);
+    #[cfg(not(unix))]
+    let bytes = value.to_string_lossy().into_owned().into_bytes();
+    trimmed_password(bytes)
+        .map(Some)
+        .ok_or(CredentialsError::EmptyPasswordEnv)
+}
+
+/// `bytes` without trailing whitespace; `None` when nothing is left.
+fn trimmed_password(mut bytes: Vec<u8>) -> Option<Vec<u8>> {
+    let len = bytes
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(0, |last| last + 1);
-    content.truncate(len);
-    if content.is_empty() {
-        return Err(CredentialsError::EmptyPassword {
-            path: path.to_owned(),
-        });
-    }
-    Ok(content)
+    bytes.truncate(len);
+    (!bytes.is_empty()).then_some(bytes)
 }
 
 /// Makes sure `dir` holds usable credentials, for a relay started with nothing configured.

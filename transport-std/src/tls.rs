@@ -22,6 +22,26 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::credentials::{CA_CERT_FILE, RELAY_CERT_FILE, RELAY_KEY_FILE};
 
+/// A PEM parse error in words (the library's own shows marker lines as byte lists).
+fn explain_pem(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as E;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match e {
+        E::MissingSectionEnd { end_marker } => format!(
+            "the file ends before its \"-----END {}-----\" line (cut short?)",
+            text(end_marker)
+        ),
+        E::IllegalSectionStart { line } => {
+            format!("{:?} is not a valid BEGIN line", text(line))
+        }
+        E::Base64Decode(detail) => format!(
+            "a block is not valid base64 ({detail}); an encrypted key (Proc-Type: \
+             4,ENCRYPTED) is not supported: give the key unencrypted"
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// The ALPN protocol name of tlsro, version 1.
 pub const ALPN_PROTOCOL: &[u8] = b"tlsro/1";
 
@@ -38,7 +58,7 @@ pub enum TlsSetupError {
         source: std::io::Error,
     },
     /// A PEM file is malformed.
-    #[error("{}: malformed PEM: {source}", path.display())]
+    #[error("{}: malformed PEM: {}", path.display(), explain_pem(source))]
     Pem {
         /// The file.
         path: PathBuf,
@@ -53,7 +73,11 @@ pub enum TlsSetupError {
         path: PathBuf,
     },
     /// A PEM file holds no private key.
-    #[error("{}: no private key found (PKCS#8, SEC1 or PKCS#1 PEM expected)", path.display())]
+    #[error(
+        "{}: no private key found (an unencrypted PKCS#8, SEC1 or PKCS#1 PEM key expected; an \
+         ENCRYPTED PRIVATE KEY is not supported)",
+        path.display()
+    )]
     NoPrivateKey {
         /// The file.
         path: PathBuf,
@@ -574,6 +598,14 @@ mod tests {
         let e = client_config(&broken).unwrap_err();
         assert!(matches!(e, TlsSetupError::Pem { .. }), "{e:?}");
         assert!(text(e).contains(&*broken.to_string_lossy()));
+        // Cut short: the missing line is named as text, not as a list of bytes.
+        let pem = fs::read_to_string(creds.relay_cert()).unwrap();
+        fs::write(&broken, &pem[..pem.len() / 2]).unwrap();
+        let e = text(client_config(&broken).unwrap_err());
+        assert!(
+            e.contains("\"-----END CERTIFICATE-----\"") && e.contains("cut short"),
+            "{e}"
+        );
     }
 
     /// A relay certificate its own ca.pem does not accept is caught before any endpoint tries:
