@@ -5,17 +5,18 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::common::{CommonArgs, Creds, Outcome, Result, Setup, Table, parse_duration, thousands};
+use crate::common::{CommonArgs, Creds, Outcome, Result, Setup, Table, thousands};
+use crate::common::{at_least_one_u64, run_length};
 use crate::{conns, lat, queue, raw, thr};
 
 /// `all` options.
 #[derive(Debug, Clone, Args)]
 pub struct AllArgs {
     /// How long each throughput run sends (raw, thr, queue).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = run_length)]
     pub duration: Duration,
     /// Timed round trips of `lat`.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one_u64)]
     pub rounds: u64,
     /// Warm-up round trips of `lat`.
     #[arg(long, default_value_t = 1_000)]

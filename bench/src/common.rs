@@ -55,6 +55,28 @@ pub fn busy_poll() -> Option<Duration> {
     BUSY_POLL.get().copied()
 }
 
+/// A count that must be at least 1 (`--members 0` would measure nothing, or quietly 1).
+pub fn at_least_one(text: &str) -> std::result::Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// [`at_least_one`] for 64-bit counts (rounds, objects).
+pub fn at_least_one_u64(text: &str) -> std::result::Result<u64, String> {
+    at_least_one(text).map(|n| n as u64)
+}
+
+/// A run length: [`parse_duration`], never zero (a zero run prints a table of zeros).
+pub fn run_length(text: &str) -> std::result::Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("a run must last longer than 0".to_owned()),
+        d => Ok(d),
+    }
+}
+
 /// Parses `5`, `2.5s`, `500ms`, `200us`, `1m` as a duration (plain numbers are seconds).
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();

@@ -16,6 +16,7 @@ use clap::Args;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::common::at_least_one;
 use crate::common::{
     BenchEndpoint, CommonArgs, Creds, Outcome, PASSWORD_ENV, Result, Setup, Table, parse_duration,
     raise_nofile, rate, thousands, unique_name,
@@ -26,10 +27,10 @@ use crate::lat::Percentiles;
 #[derive(Debug, Clone, Args)]
 pub struct ConnsArgs {
     /// Endpoints to connect.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
     pub count: usize,
     /// Connects in flight at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub parallel: usize,
     /// How long the endpoints sit idle before the relay's memory is read again.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]

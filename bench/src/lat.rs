@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use tlsro::Wait;
 use tokio::time::Instant;
 
+use crate::common::at_least_one_u64;
 use crate::common::{
     BenchEndpoint, Blob, CommonArgs, Outcome, Result, Setup, Table, parse_size, size_name,
     thousands, unique_name,
@@ -37,7 +38,7 @@ pub struct LatArgs {
     #[arg(long, default_value = "100", value_parser = parse_size)]
     pub size: u64,
     /// Timed round trips.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one_u64)]
     pub rounds: u64,
     /// Round trips before timing starts.
     #[arg(long, default_value_t = 1_000)]

@@ -36,7 +36,7 @@ use common::{Creds, Outcome, Result, Setup};
 struct Cli {
     /// Worker threads of this process's tokio runtime (endpoints and the in-process relay)
     /// [default: one per CPU].
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, value_name = "N", value_parser = common::at_least_one)]
     threads: Option<usize>,
     /// Busy polling (e.g. 200us) for every endpoint and relay of the run: they spin this long
     /// after traffic instead of sleeping. This process then runs on one thread (a relay in its

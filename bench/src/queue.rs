@@ -18,31 +18,32 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::common::{
-    BenchEndpoint, Blob, CommonArgs, EventWatch, Outcome, Result, Setup, Table, parse_duration,
-    parse_size, rate, size_name, thousands, unique_name, wind_up,
+    BenchEndpoint, Blob, CommonArgs, EventWatch, Outcome, Result, Setup, Table, parse_size, rate,
+    size_name, thousands, unique_name, wind_up,
 };
+use crate::common::{at_least_one, at_least_one_u64, run_length};
 use crate::thr::{RECEIPT_WINDOW, STALL};
 
 /// `queue` options.
 #[derive(Debug, Clone, Args)]
 pub struct QueueArgs {
     /// Producers.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub producers: usize,
     /// Consumers (members of the group, each with a credit window).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub consumers: usize,
     /// Payload bytes per object (at least 12: producer and sequence number).
     #[arg(long, default_value = "100", value_parser = parse_size)]
     pub size: u64,
     /// Credit each consumer keeps open (topped up by what it took).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub window: u32,
     /// Objects to produce in all (instead of --duration).
-    #[arg(long, conflicts_with = "duration")]
+    #[arg(long, conflicts_with = "duration", value_parser = at_least_one_u64)]
     pub count: Option<u64>,
     /// How long to produce [default: 5s].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = run_length)]
     pub duration: Option<Duration>,
     /// Objects produced but not yet consumed, at most (stays under the relay's queue limit).
     #[arg(long, default_value_t = 50_000)]

@@ -10,9 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::common::{
-    CommonArgs, Creds, Outcome, Result, Table, mb_per_s, parse_duration, parse_size, size_name,
-};
+use crate::common::run_length;
+use crate::common::{CommonArgs, Creds, Outcome, Result, Table, mb_per_s, parse_size, size_name};
 
 /// `raw` options.
 #[derive(Debug, Clone, Args)]
@@ -21,7 +20,7 @@ pub struct RawArgs {
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     pub size: u64,
     /// How long to write.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = run_length)]
     pub duration: Duration,
     /// (`--relay` is ignored: this measures TLS alone; with `--credentials DIR` it uses that
     /// directory's relay.pem, relay.key and ca.pem.)

@@ -55,8 +55,9 @@ async fn stall(connector: &crate::common::Connector, group: &str, n: usize) -> R
 
 use crate::common::{
     BenchEndpoint, Blob, CommonArgs, EventWatch, Outcome, Result, Setup, Table, mb_per_s,
-    parse_duration, parse_size, rate, size_name, thousands, unique_name, wind_up,
+    parse_size, rate, size_name, thousands, unique_name, wind_up,
 };
+use crate::common::{at_least_one, at_least_one_u64, run_length};
 
 /// Receipts kept before the oldest is awaited.
 pub const RECEIPT_WINDOW: usize = 65_536;
@@ -77,13 +78,13 @@ pub struct ThrArgs {
     #[arg(long, default_value = "100", value_parser = parse_size)]
     pub size: u64,
     /// Members of the group (receivers).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub members: usize,
     /// Objects to send (instead of --duration).
-    #[arg(long, conflicts_with = "duration")]
+    #[arg(long, conflicts_with = "duration", value_parser = at_least_one_u64)]
     pub count: Option<u64>,
     /// How long to send [default: 5s].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = run_length)]
     pub duration: Option<Duration>,
     /// Payload bytes the sender may have ahead of the slowest receiver (0: open loop).
     #[arg(long, default_value = "32MiB", value_parser = parse_size)]

@@ -16,7 +16,7 @@ use crate::lat::Percentiles;
 #[derive(Debug, Clone, Args)]
 pub struct WakeArgs {
     /// Round trips per mode.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = crate::common::at_least_one_u64)]
     pub rounds: u64,
     /// One JSON object per line instead of a table.
     #[arg(long)]

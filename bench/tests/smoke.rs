@@ -171,14 +171,41 @@ fn wake_measures_both_modes() {
 /// A size past what a frame can carry is refused with a message, not a panic.
 #[test]
 fn a_huge_size_is_refused_before_anything_runs() {
+    let stderr = refused(&["thr", "--plain", "--count", "1", "--size", "99999999999GiB"]);
+    assert!(stderr.contains("too large"), "{stderr}");
+}
+
+/// Counts and run lengths of zero would measure nothing (a table of zeros) or quietly become 1.
+#[test]
+fn zero_counts_and_run_lengths_are_refused() {
+    for args in [
+        &["thr", "--members", "0"][..],
+        &["thr", "--count", "0"],
+        &["thr", "--duration", "0s"],
+        &["queue", "--consumers", "0"],
+        &["queue", "--window", "0"],
+        &["lat", "--rounds", "0"],
+        &["raw", "--duration", "0ms"],
+        &["--threads", "0", "thr"],
+    ] {
+        let stderr = refused(args);
+        assert!(
+            stderr.contains("at least 1")
+                || stderr.contains("longer than 0")
+                || stderr.contains("0 is not in 1.."),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// Runs the bench with `args`, expects clap's refusal (exit 2, no panic), returns stderr.
+fn refused(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_tlsro-bench"))
-        .args(["thr", "--plain", "--count", "1", "--size", "99999999999GiB"])
+        .args(args)
         .output()
         .expect("tlsro-bench runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("too large") && !stderr.contains("panicked"),
-        "{stderr}"
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    stderr
 }
