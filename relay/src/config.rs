@@ -190,7 +190,7 @@ impl GroupFileLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("configuration file {}: {source}", path.display())]
     Read {
         /// The file.
         path: PathBuf,

@@ -387,6 +387,28 @@ fn show_and_generate_report_problems() {
     assert_eq!(too_many.status.code(), Some(1));
     assert!(too_many.stderr.contains("at most 3"), "{}", too_many.stderr);
     assert!(!dir.exists());
+
+    // A file where the directory should be.
+    let file = home.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let generated = finish(command(
+        home.path(),
+        &["credentials", "generate", "--dir", file.to_str().unwrap()],
+    ));
+    assert_eq!(generated.status.code(), Some(1));
+    assert!(
+        generated.stderr.contains("is not a directory"),
+        "{}",
+        generated.stderr
+    );
+    // A configuration file that is not there says which file it is.
+    let run = finish(run_plain(home.path(), &["--config", "absent.toml"]));
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        run.stderr.contains("configuration file absent.toml"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// `tlsro-relay run` with the credentials in `dir` on a port of the OS's choosing, the password

@@ -369,9 +369,20 @@ fn create_dir(dir: &Path) -> Result<(), CredentialsError> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir).map_err(|source| CredentialsError::Io {
-        path: dir.to_owned(),
-        source,
+    builder.create(dir).map_err(|source| {
+        // "File exists" alone does not say that the path is a file, not a directory.
+        let source = if dir.exists() && !dir.is_dir() {
+            io::Error::new(
+                source.kind(),
+                "it exists and is not a directory: give a directory for the credentials",
+            )
+        } else {
+            source
+        };
+        CredentialsError::Io {
+            path: dir.to_owned(),
+            source,
+        }
     })
 }
 
