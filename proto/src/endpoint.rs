@@ -931,7 +931,8 @@ impl EndpointSession {
                 }
                 Ok(None)
             }
-            Phase::Closing => self.common_control(out),
+            // `Closing` without a `Close` to send: it has left, as the last frame (the relay
+            // reads nothing after it; what was owed went before it, above).
             _ => Ok(None),
         }
     }

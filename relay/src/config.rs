@@ -12,7 +12,7 @@
 //! max_connections = 10000       # connections at once
 //! handshake_timeout = "10s"     # with a us, ms, s or m suffix
 //! idle_intervals = 3            # silent keepalive intervals before an endpoint is dropped
-//! max_sessions = 100000         # disconnected sessions remembered to recognise resends
+//! max_sessions = 100000         # sessions remembered (connected ones count) to recognise resends
 //! confirm_delay = "25ms"        # how long the confirm of a lone publish may wait for other
 //!                               # output to its sender (at most 1s)
 //! max_keepalive = "5m"          # the longest keepalive an endpoint may state: past it the
@@ -105,7 +105,8 @@ pub struct RelayFileConfig {
     pub handshake_timeout: Option<Duration>,
     /// An endpoint silent for this many of its keepalive intervals is disconnected.
     pub idle_intervals: Option<u32>,
-    /// Sessions remembered after they disconnect, to recognise resent publishes.
+    /// Sessions remembered, connected ones included, to recognise resent publishes (the one
+    /// gone longest is forgotten first).
     pub max_sessions: Option<usize>,
     /// How long the confirm of a publish that came alone may wait for other output to its
     /// sender (`RelayConfig::confirm_delay`), at most [`MAX_CONFIRM_DELAY`].

@@ -885,6 +885,27 @@ fn close_leaves_after_the_acks_owed() {
 }
 
 #[test]
+fn nothing_follows_the_close() {
+    // PROTOCOL.md §7.7: `Close { Normal }` is the endpoint's last frame; a `Ping` that arrives
+    // while it waits for the relay's answer is accepted, not answered (the relay reads nothing
+    // after the endpoint's `Close`), and neither is an object handed over since.
+    let mut s = session();
+    connect(&mut s, at(0), 1, 1, 0);
+    s.notify("jobs", 1).unwrap();
+    sent(&mut s);
+    s.close(at(1));
+    assert_eq!(sent(&mut s), [close(CloseCode::Normal, "")]);
+    assert_eq!(feed(&mut s, at(2), &Frame::Ping), Ok(None));
+    feed(&mut s, at(3), &produced("jobs", 1)).unwrap();
+    s.handed_over("jobs", 1).unwrap();
+    assert_eq!(sent(&mut s), []);
+    assert_eq!(
+        feed(&mut s, at(4), &close(CloseCode::Normal, "")),
+        Ok(Some(Event::Stopped))
+    );
+}
+
+#[test]
 fn close_deadline() {
     let mut s = session();
     connect(&mut s, at(0), 1, 1, 0);

@@ -373,6 +373,7 @@ struct Group {
 struct SessionRecord {
     last_seq: u64,
     conn: Option<ConnId>,
+    /// When the session was last seen: its last connection's start or end (a tick).
     last_seen: u64,
 }
 
@@ -715,6 +716,8 @@ impl RelayState {
             .and_then(|r| r.conn)
             .filter(|old| *old != conn);
         // Group rules are checked only after the proof, so they reveal nothing to strangers.
+        // The new groups of this `Hello` count against the group limit together.
+        let mut new_groups = 0;
         for group in &hello.groups {
             let refusal = match self.config.limits(group) {
                 None => Some((
@@ -733,13 +736,19 @@ impl RelayState {
                             alloc::format!("group {group:?} already has {members} members"),
                         ))
                     } else if !self.groups.contains_key(group)
-                        && self.groups.len() >= self.config.max_groups
+                        && self.groups.len() + new_groups >= self.config.max_groups
                     {
                         Some((
                             CloseCode::TooManyGroups,
-                            alloc::format!("the relay already has {} groups", self.groups.len()),
+                            alloc::format!(
+                                "joining would make more than the relay's {} groups",
+                                self.config.max_groups
+                            ),
                         ))
                     } else {
+                        if !self.groups.contains_key(group) {
+                            new_groups += 1;
+                        }
                         None
                     }
                 }
@@ -1238,6 +1247,9 @@ impl RelayState {
             && record.conn == Some(conn)
         {
             record.conn = None;
+            // Seen until now: of the disconnected sessions, it is the last to be forgotten.
+            self.tick += 1;
+            record.last_seen = self.tick;
         }
         self.stats.redelivered += in_flight.len() as u64;
         // Back to the front, keeping their order.

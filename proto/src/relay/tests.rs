@@ -532,6 +532,55 @@ fn allow_list_refuses_unknown_groups_at_join_and_publish() {
 }
 
 #[test]
+fn a_hello_of_several_new_groups_stays_under_max_groups() {
+    // PROTOCOL.md §9.1: a new group must fit under the group limit. Two new groups in one
+    // `Hello`, with room for one, must not make three groups of a limit of two.
+    let mut net = Net::with(|c| c.max_groups = 2);
+    let a = net.endpoint(&["one"]);
+    net.drive();
+    let b2 = net.endpoint(&["two", "three"]);
+    net.drive();
+    assert!(net.eps[a].session.is_open());
+    assert!(
+        matches!(
+            &net.eps[b2].error,
+            Some(EpError::Closed(CloseCode::TooManyGroups, _))
+        ),
+        "{:?}",
+        net.eps[b2].error
+    );
+    assert_eq!(net.relay.member_count("two"), 0);
+    assert!(net.relay.groups.len() <= 2, "{:?}", net.relay.groups.keys());
+}
+
+#[test]
+fn the_session_forgotten_first_is_the_one_gone_longest() {
+    // PROTOCOL.md §9.6: past `max_sessions`, the session unseen the longest is forgotten. One
+    // that stayed connected until a moment ago was seen a moment ago, however early it
+    // connected: it is the likeliest to come back and resend.
+    let mut net = Net::with(|c| c.max_sessions = 2);
+    let long = net.endpoint(&["g"]);
+    net.drive();
+    let brief = net.endpoint(&["g"]);
+    net.drive();
+    net.kill(brief);
+    net.broadcast(long, "g", b"x");
+    net.drive();
+    net.kill(long);
+    let _newcomer = net.endpoint(&["g"]);
+    net.drive();
+    assert!(
+        net.relay.sessions.contains_key(&[long as u8 + 1; 16]),
+        "the session that left last is remembered"
+    );
+    assert!(!net.relay.sessions.contains_key(&[brief as u8 + 1; 16]));
+    // So it learns on reconnecting that its publish arrived.
+    net.connect(long);
+    net.drive();
+    assert!(net.eps[long].seen.contains(&Seen::Connected(1)));
+}
+
+#[test]
 fn max_members_refuses_the_next_member() {
     let mut net = Net::with(|c| c.default_limits.max_members = Some(1));
     let a = net.endpoint(&["g"]);
