@@ -279,23 +279,10 @@ impl RelayFileConfig {
                  keepalive the relay honours"
             ));
         }
-        if self.max_connections == Some(0) {
-            return Err(
-                "max_connections must be at least 1 (0 would refuse every connection)".to_owned(),
-            );
-        }
-        if self.max_groups == Some(0) {
-            return Err(
-                "max_groups must be at least 1 (0 would refuse every join and publish)".to_owned(),
-            );
-        }
-        if self.idle_intervals == Some(0) {
-            return Err(
-                "idle_intervals must be at least 1 (0 would close every endpoint at once as idle)"
-                    .to_owned(),
-            );
-        }
-        Ok(())
+        // The rules of the relay's own configuration (proto's), on what this file asks for.
+        let mut config = RelayConfig::new(tlsro_proto::auth::AuthKey::from_bytes([0; 32]), 0);
+        self.apply_to(&mut config);
+        config.check()
     }
 
     /// The relay's frame limit this file asks for.

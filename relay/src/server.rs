@@ -78,6 +78,10 @@ pub enum StartError {
     /// Busy polling was asked for on a runtime where it cannot work.
     #[error("cannot busy-poll: {0}")]
     BusyPoll(#[from] BusyPollError),
+    /// A limit set with [`RelayBuilder::configure`](crate::RelayBuilder::configure) would make
+    /// the relay refuse or drop every endpoint.
+    #[error("invalid relay configuration: {0}")]
+    InvalidConfig(String),
 }
 
 /// A running relay. Dropping the handle does not stop it; call [`RelayHandle::stop`].
@@ -125,6 +129,7 @@ pub async fn start_with(
     config: RelayConfig,
     busy_poll: Option<Duration>,
 ) -> Result<RelayHandle, StartError> {
+    config.check().map_err(StartError::InvalidConfig)?;
     let busy = busy_poll.map(BusyPoll::start).transpose()?;
     let listener = TcpListener::bind(listen)
         .await

@@ -22,8 +22,10 @@
 //! ```
 //!
 //! A blocking endpoint owns a tokio runtime with one worker thread that runs its background
-//! task. Its methods must not be called from async code (they would block the caller's
-//! runtime, and tokio refuses to nest runtimes); use [`crate::Endpoint`] there.
+//! task. Its blocking methods (`connect_blocking`, `pop`, `get_last`, `receive_all`, `stop`)
+//! must not be called from async code: they would block the caller's runtime, and tokio refuses
+//! to nest runtimes (it panics: "Cannot start a runtime from within a runtime"); use
+//! [`crate::Endpoint`] there. Dropping one in async code is fine.
 
 use std::fmt;
 use std::sync::Arc;
@@ -42,7 +44,34 @@ use crate::error::Error;
 pub struct Endpoint<T, C = Postcard> {
     // Declared before the runtime: dropped first, while the runtime still runs.
     inner: crate::Endpoint<T, C>,
-    runtime: Arc<Runtime>,
+    runtime: Arc<OwnedRuntime>,
+}
+
+/// The endpoint's runtime. Dropping a tokio runtime from async code panics ("Cannot drop a
+/// runtime in a context where blocking is not allowed"), and a blocking endpoint may well be
+/// dropped there (a struct holding one, dropped by a task): then the runtime is shut down in the
+/// background instead, which is what tokio offers for that case.
+struct OwnedRuntime(Option<Runtime>);
+
+impl std::ops::Deref for OwnedRuntime {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        self.0
+            .as_ref()
+            .expect("the runtime is there until the endpoint is dropped")
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                runtime.shutdown_background();
+            } else {
+                drop(runtime);
+            }
+        }
+    }
 }
 
 impl<T, C: Clone> Clone for Endpoint<T, C> {
@@ -79,7 +108,7 @@ impl<T, C: Codec> Endpoint<T, C> {
         let inner = runtime.block_on(builder.connect())?;
         Ok(Endpoint {
             inner,
-            runtime: Arc::new(runtime),
+            runtime: Arc::new(OwnedRuntime(Some(runtime))),
         })
     }
 

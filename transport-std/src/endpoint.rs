@@ -320,6 +320,14 @@ impl Backoff {
     }
 }
 
+/// `d` from now; a `d` too long for the clock (`Duration::MAX`, say) means "in about 30 years"
+/// instead of overflowing (which panics).
+pub(crate) fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
+}
+
 impl<T, C: Codec> Endpoint<T, C> {
     /// The relay address this endpoint dials.
     pub fn relay_addr(&self) -> &str {
@@ -414,7 +422,7 @@ impl<T, C: Codec> Endpoint<T, C> {
             }
             if st.stop.is_none() {
                 st.stop = Some(StopRequest {
-                    deadline: Instant::now() + shared.limits.stop_timeout,
+                    deadline: deadline_after(shared.limits.stop_timeout),
                     closing: false,
                 });
             }
@@ -542,7 +550,7 @@ impl<T: DeserializeOwned, C: Codec> Endpoint<T, C> {
             return shared.lock().terminal().map_or(Ok(Vec::new()), Err);
         }
         let deadline = match wait {
-            Wait::Timeout(d) => Some(Instant::now() + d),
+            Wait::Timeout(d) => Some(deadline_after(d)),
             Wait::No | Wait::Forever => None,
         };
         loop {
@@ -568,6 +576,9 @@ impl<T: DeserializeOwned, C: Codec> Endpoint<T, C> {
                 if !received.is_empty() {
                     return Ok(received);
                 }
+                // All undecodable (reported): look again at once, as more may be queued
+                // already; waiting would sleep until the next arrival.
+                continue;
             }
             match (wait, deadline) {
                 (Wait::No, _) => return Ok(Vec::new()),

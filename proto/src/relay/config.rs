@@ -103,6 +103,52 @@ impl RelayConfig {
         }
     }
 
+    /// Refuses the limits with which no endpoint could ever be served: a frame limit below
+    /// what every endpoint may send ([`MIN_MAX_FRAME`](crate::frame::MIN_MAX_FRAME): its
+    /// handshake alone needs that much), an outbound limit below it (every endpoint would be a
+    /// slow consumer), and zero connections, groups or idle intervals. The relay's drivers call
+    /// it before they start; the message names the field.
+    pub fn check(&self) -> Result<(), alloc::string::String> {
+        use crate::frame::MIN_MAX_FRAME;
+        if self.max_frame < MIN_MAX_FRAME {
+            return Err(alloc::format!(
+                "max_frame ({} bytes) is below the {MIN_MAX_FRAME} bytes every endpoint may send \
+                 (its handshake alone needs that much)",
+                self.max_frame
+            ));
+        }
+        if self.outbound_limit < MIN_MAX_FRAME as usize {
+            return Err(alloc::format!(
+                "outbound_limit ({} bytes) is below {MIN_MAX_FRAME} bytes: every endpoint would \
+                 be disconnected as a slow consumer",
+                self.outbound_limit
+            ));
+        }
+        let zero = [
+            (
+                self.max_connections == 0,
+                "max_connections",
+                "refuse every connection",
+            ),
+            (
+                self.max_groups == 0,
+                "max_groups",
+                "refuse every join and publish",
+            ),
+            (
+                self.idle_intervals == 0,
+                "idle_intervals",
+                "close every endpoint at once as idle",
+            ),
+        ];
+        match zero.iter().find(|(is_zero, ..)| *is_zero) {
+            Some((_, field, effect)) => Err(alloc::format!(
+                "{field} must be at least 1 (0 would {effect})"
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The limits of `group`, or `None` when the allow-list does not have it.
     pub fn limits(&self, group: &str) -> Option<&GroupLimits> {
         match &self.allowed_groups {

@@ -63,6 +63,28 @@ pub enum CaSource {
     Config(Arc<ClientConfig>),
 }
 
+/// The error for a group list `EndpointConfig::new` refused: names the offending group (or
+/// counts them), rather than printing a list that may hold thousands of names.
+fn bad_groups(groups: &[&str], e: tlsro_proto::endpoint::Error) -> Error {
+    use tlsro_proto::endpoint::Error as E;
+    let detail = match e {
+        E::BadGroupName => match groups
+            .iter()
+            .find(|g| tlsro_proto::frame::check_group_name(g).is_err())
+        {
+            Some(g) if g.len() > 80 => {
+                let start: String = g.chars().take(40).collect();
+                format!("group {start:?}… ({} bytes): {e}", g.len())
+            }
+            Some(g) => format!("group {g:?}: {e}"),
+            None => e.to_string(),
+        },
+        E::TooManyGroups => format!("{} groups given: {e}", groups.len()),
+        e => e.to_string(),
+    };
+    Error::InvalidConfig(detail)
+}
+
 /// Configures and connects an [`Endpoint`]; made by [`Endpoint::builder`].
 pub struct Builder<T, C = Postcard> {
     addr: String,
@@ -263,6 +285,12 @@ impl<T, C: Codec> Builder<T, C> {
                 self.max_frame
             )));
         }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::InvalidConfig(
+                "the connect timeout must not be zero (no handshake can finish in no time)"
+                    .to_owned(),
+            ));
+        }
         if self.keepalive.is_zero() {
             return Err(Error::InvalidConfig(
                 "the keepalive interval must not be zero".to_owned(),
@@ -287,8 +315,8 @@ impl<T, C: Codec> Builder<T, C> {
             .await
             .map_err(|e| Error::Closed(format!("key derivation failed: {e}")))?;
         let groups: Vec<&str> = self.groups.iter().map(String::as_str).collect();
-        let mut config = EndpointConfig::new(key, session_id, &groups)
-            .map_err(|e| Error::InvalidConfig(format!("groups {groups:?}: {e}")))?;
+        let mut config =
+            EndpointConfig::new(key, session_id, &groups).map_err(|e| bad_groups(&groups, e))?;
         config.max_frame = self.max_frame;
         config.keepalive = self.keepalive;
         config.dead_after = self.keepalive.saturating_mul(3);

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::state::{Frame as OutFrame, Item, Payload, Shared, State};
-use super::{Backoff, Event, Status};
+use super::{Backoff, Event, Status, deadline_after};
 use crate::busy_poll::BusyPoll;
 use crate::error::Error;
 use crate::transport::{self, Failure, Heal, Link};
@@ -116,13 +116,13 @@ impl Driver {
     }
 
     async fn run_connections(&mut self) -> Result<(), Error> {
-        let first_deadline = Instant::now() + self.config.connect_timeout;
+        let first_deadline = deadline_after(self.config.connect_timeout);
         loop {
             let first = self.ctl.first.is_some();
             let deadline = if first {
                 first_deadline
             } else {
-                Instant::now() + self.config.connect_timeout
+                deadline_after(self.config.connect_timeout)
             };
             let failure = match self.connection(deadline, first).await {
                 Ok(()) => return Ok(()),
@@ -150,7 +150,7 @@ impl Driver {
                     last_error: failure.error.clone(),
                 };
             }
-            let wake_at = Instant::now() + self.config.backoff.delay(self.ctl.attempt);
+            let wake_at = deadline_after(self.config.backoff.delay(self.ctl.attempt));
             if first && wake_at >= first_deadline {
                 sleep_until(first_deadline).await;
                 return Err(Error::RelayUnreachable {
