@@ -108,7 +108,7 @@ impl RelayConfig {
     /// handshake alone needs that much), an outbound limit below it (every endpoint would be a
     /// slow consumer), and zero connections, groups or idle intervals. The relay's drivers call
     /// it before they start; the message names the field.
-    pub fn check(&self) -> Result<(), alloc::string::String> {
+    pub fn check(&self) -> Result<(), String> {
         use crate::frame::MIN_MAX_FRAME;
         if self.max_frame < MIN_MAX_FRAME {
             return Err(alloc::format!(
