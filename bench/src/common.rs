@@ -34,7 +34,8 @@ pub struct CommonArgs {
     /// printed on stderr, e.g. for `perf record -p PID`) instead of in this process.
     #[arg(long, conflicts_with = "relay")]
     pub relay_process: bool,
-    /// Credentials directory of the external relay (ca.pem; relay.pem and relay.key for `raw`).
+    /// Credentials directory of the external relay (ca.pem; relay.pem and relay.key for `raw`)
+    /// [default with --relay: the directory `tlsro-relay run` uses by default].
     #[arg(long, value_name = "DIR")]
     pub credentials: Option<PathBuf>,
     /// One JSON object per line and per result instead of tables.
@@ -244,30 +245,24 @@ impl Creds {
     }
 
     fn external(common: &CommonArgs) -> Result<Creds> {
+        // As the endpoint example does: without --credentials, the directory `tlsro-relay run`
+        // uses by default (where it put development credentials).
+        let dir = common
+            .credentials
+            .clone()
+            .unwrap_or_else(tlsro::credentials::default_dir);
         let password = match tlsro::credentials::password_from_env()? {
             Some(p) => p,
-            None => match &common.credentials {
-                Some(dir) => tlsro::credentials::read_password(&dir.join("password"))
-                    .map_err(|e| format!("no ${PASSWORD_ENV} and {e}"))?,
-                None => {
-                    return Err(format!(
-                        "--relay needs the relay's password in ${PASSWORD_ENV} (or a password \
-                         file in --credentials DIR)"
-                    )
-                    .into());
-                }
-            },
+            None => tlsro::credentials::read_password(&dir.join("password")).map_err(|e| {
+                format!(
+                    "--relay needs the relay's password: no ${PASSWORD_ENV}, and {e} (pass \
+                     --credentials DIR for another directory)"
+                )
+            })?,
         };
-        if !common.plain && common.credentials.is_none() {
-            return Err(
-                "--relay with TLS needs --credentials DIR (holding ca.pem); or add \
-                        --plain for a plain relay"
-                    .into(),
-            );
-        }
         Ok(Creds {
             tls: !common.plain,
-            dir: common.credentials.clone(),
+            dir: Some(dir),
             password,
             _tmp: None,
         })

@@ -209,3 +209,22 @@ fn refused(args: &[&str]) -> String {
     assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     stderr
 }
+
+/// `--relay` without `--credentials` looks where `tlsro-relay run` keeps its credentials by
+/// default, as the endpoint example does, and says so when nothing is there.
+#[test]
+fn an_external_relay_defaults_to_the_relays_credentials_directory() {
+    let data = std::env::temp_dir().join(format!("tlsro-bench-smoke-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_tlsro-bench"))
+        .args(["lat", "--relay", "127.0.0.1:9", "--rounds", "1"])
+        .env("XDG_DATA_HOME", &data)
+        .env_remove("TLSRO_PASSWORD")
+        .output()
+        .expect("tlsro-bench runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&*data.join("tlsro").to_string_lossy()) && stderr.contains("--credentials"),
+        "{stderr}"
+    );
+}
