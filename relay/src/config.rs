@@ -386,10 +386,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         ));
     }
     if unit.starts_with(['.', ',']) {
-        return Err(format!(
-            "{text:?}: a size is a whole number; write a smaller unit instead, e.g. \"1536KiB\" \
-             for 1.5MiB"
-        ));
+        return Err(in_whole_units(text, "size", SIZE_UNITS));
     }
     let number: u64 = digits
         .parse()
@@ -415,6 +412,43 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Size units, smallest first, each with how many of the one before it make one.
+const SIZE_UNITS: &[(&str, u32)] = &[("B", 1), ("KiB", 1024), ("MiB", 1024), ("GiB", 1024)];
+
+/// Duration units, as [`SIZE_UNITS`].
+const DURATION_UNITS: &[(&str, u32)] = &[("us", 1), ("ms", 1000), ("s", 1000), ("m", 60)];
+
+/// The error for a fractional `text` ("1.5MiB", "0.2ms"): the same amount in the largest
+/// smaller unit that makes it whole ("1536KiB", "200us"), when there is one.
+fn in_whole_units(text: &str, what: &str, units: &[(&str, u32)]) -> String {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ',' || c == '_'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: Option<f64> = number.replace(',', ".").replace('_', "").parse().ok();
+    let index = units
+        .iter()
+        .position(|(name, _)| name.eq_ignore_ascii_case(unit.trim()));
+    let whole = |v: f64| (v - v.round()).abs() < 1e-9;
+    if let (Some(mut value), Some(mut i)) = (number, index) {
+        while i > 0 && !whole(value) {
+            value *= f64::from(units[i].1);
+            i -= 1;
+        }
+        if whole(value) && value < 1e15 {
+            return format!(
+                "{text:?}: a {what} is a whole number; write \"{}{}\"",
+                value.round() as u64,
+                units[i].0
+            );
+        }
+    }
+    format!(
+        "{text:?}: a {what} is a whole number (of {} at the smallest)",
+        units[0].0
+    )
+}
+
 /// Parses a duration: a whole number with a `us`, `ms`, `s` or `m` suffix, e.g. `"10s"`,
 /// `"500ms"`, `"200us"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -432,10 +466,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     if unit.starts_with(['.', ',']) {
-        return Err(format!(
-            "{text:?}: a duration is a whole number; write a smaller unit instead, e.g. \
-             \"500ms\" for 0.5s"
-        ));
+        return Err(in_whole_units(text, "duration", DURATION_UNITS));
     }
     let number: u64 = digits
         .parse()
@@ -731,7 +762,12 @@ max_queue = 5
         assert!(parse_size("MiB").is_err());
         assert!(parse_size("-1").is_err());
         let e = parse_size("1.5MiB").unwrap_err();
-        assert!(e.contains("whole number") && e.contains("KiB"), "{e}");
+        assert!(
+            e.contains("whole number") && e.contains("\"1536KiB\""),
+            "{e}"
+        );
+        let e = parse_size("1.5KiB").unwrap_err();
+        assert!(e.contains("\"1536B\""), "{e}");
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999999999").is_err());
         assert!(
@@ -790,7 +826,13 @@ max_queue = 5
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
         assert!(parse_duration("10h").unwrap_err().contains("unknown unit"));
         let e = parse_duration("0.5s").unwrap_err();
-        assert!(e.contains("whole number") && e.contains("500ms"), "{e}");
+        assert!(e.contains("whole number") && e.contains("\"500ms\""), "{e}");
+        let e = parse_duration("0.2ms").unwrap_err();
+        assert!(e.contains("\"200us\""), "{e}");
+        let e = parse_duration("1.5us").unwrap_err();
+        assert!(e.contains("of us at the smallest"), "{e}");
+        let e = parse_duration("0.25m").unwrap_err();
+        assert!(e.contains("\"15s\""), "{e}");
         assert!(parse_duration("s").is_err());
 
         let file = RelayFileConfig::parse("handshake_timeout = \"1500ms\"").unwrap();
@@ -840,6 +882,16 @@ max_queue = 5
         assert!(e.contains("max_connections must be at least 1"), "{e}");
         let e = parse_err("max_groups = 0");
         assert!(e.contains("max_groups must be at least 1"), "{e}");
+        let e = parse_err("[groups.z]\nmax_members = 0\n");
+        assert!(
+            e.contains("group \"z\": max_members must be at least 1"),
+            "{e}"
+        );
+        let e = parse_err("[default_group]\nmax_queue = 0\n");
+        assert!(
+            e.contains("default group limits: max_queue must be at least 1"),
+            "{e}"
+        );
         RelayFileConfig::parse("max_connections = 1\nmax_groups = 1\nmax_sessions = 0").unwrap();
     }
 

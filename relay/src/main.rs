@@ -227,8 +227,16 @@ fn run(args: RunArgs) -> Result<(), BoxError> {
         Some(tls::server_config_from_dir(&dir).map_err(|e| {
             format!(
                 "cannot load the relay's TLS certificate and key: {e}\n(generate them with \
-                 `tlsro-relay credentials generate --dir {}`, or run with --plain)",
-                dir.display()
+                 `tlsro-relay credentials generate --dir {}{}`, or run with --plain)",
+                dir.display(),
+                // Over files that are there but broken, generate needs to be told.
+                if dir.join(credentials::RELAY_CERT_FILE).exists()
+                    || dir.join(credentials::RELAY_KEY_FILE).exists()
+                {
+                    " --force"
+                } else {
+                    ""
+                }
             )
         })?)
     };

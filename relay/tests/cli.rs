@@ -401,6 +401,22 @@ fn show_and_generate_report_problems() {
         "{}",
         generated.stderr
     );
+    for args in [
+        &["credentials", "show", "--dir"][..],
+        &["run", "--listen", "127.0.0.1:0", "--credentials"],
+    ] {
+        let mut args = args.to_vec();
+        args.push(file.to_str().unwrap());
+        let mut cmd = command(home.path(), &args);
+        cmd.env("TLSRO_PASSWORD", "pw");
+        let run = finish(cmd);
+        assert_eq!(run.status.code(), Some(1), "{args:?}");
+        assert!(
+            run.stderr.contains("is not a directory"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
     // A configuration file that is not there says which file it is.
     let run = finish(run_plain(home.path(), &["--config", "absent.toml"]));
     assert_eq!(run.status.code(), Some(1));

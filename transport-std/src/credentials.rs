@@ -121,7 +121,9 @@ pub enum CredentialsError {
         path: PathBuf,
     },
     /// [`PASSWORD_ENV`] is set but empty (or holds only whitespace).
-    #[error("${PASSWORD_ENV} is set but empty: unset it, or put the password in it")]
+    #[error(
+        "${PASSWORD_ENV} is set but empty (or only whitespace): unset it, or put the password in it"
+    )]
     EmptyPasswordEnv,
     /// A credentials directory holds some of the files but not all that are needed.
     #[error(
@@ -369,20 +371,22 @@ fn create_dir(dir: &Path) -> Result<(), CredentialsError> {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    builder.create(dir).map_err(|source| {
+    builder.create(dir).map_err(|source| CredentialsError::Io {
+        path: dir.to_owned(),
         // "File exists" alone does not say that the path is a file, not a directory.
-        let source = if dir.exists() && !dir.is_dir() {
-            io::Error::new(
-                source.kind(),
-                "it exists and is not a directory: give a directory for the credentials",
-            )
-        } else {
-            source
-        };
-        CredentialsError::Io {
-            path: dir.to_owned(),
-            source,
-        }
+        source: not_a_directory(dir).unwrap_or(source),
+    })
+}
+
+/// When `dir` exists but is not a directory (a file given where the credentials directory
+/// was asked for), the error that says so: the system's own would name `dir/ca.pem` "not a
+/// directory", or say "File exists".
+pub(crate) fn not_a_directory(dir: &Path) -> Option<io::Error> {
+    (dir.exists() && !dir.is_dir()).then(|| {
+        io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "it exists and is not a directory: give the credentials directory",
+        )
     })
 }
 
@@ -572,6 +576,12 @@ pub fn generate(opts: &GenerateOptions) -> Result<Generated, CredentialsError> {
 
 /// Which credential files exist in `dir`, and the CA's fingerprint if `ca.pem` is there.
 pub fn show(dir: &Path) -> Result<Shown, CredentialsError> {
+    if let Some(source) = not_a_directory(dir) {
+        return Err(CredentialsError::Io {
+            path: dir.to_owned(),
+            source,
+        });
+    }
     let credentials = Credentials::new(dir);
     let mut present = Vec::new();
     let mut missing = Vec::new();

@@ -205,6 +205,7 @@ pub fn small_records_config(config: &ServerConfig) -> Arc<ServerConfig> {
 
 /// [`server_config`] with `relay.pem` and `relay.key` in the credentials directory `dir`.
 pub fn server_config_from_dir(dir: &Path) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    check_dir(dir)?;
     // The relay never reads the CA's key, but whoever reads it can mint relays.
     crate::credentials::warn_if_others_can_read(
         &dir.join(crate::credentials::CA_KEY_FILE),
@@ -291,7 +292,19 @@ pub fn client_config(ca_pem: &Path) -> Result<Arc<ClientConfig>, TlsSetupError> 
 
 /// [`client_config`] with `ca.pem` in the credentials directory `dir`.
 pub fn client_config_from_dir(dir: &Path) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    check_dir(dir)?;
     client_config(&dir.join(CA_CERT_FILE))
+}
+
+/// A file given where a credentials directory was asked for, said so.
+fn check_dir(dir: &Path) -> Result<(), TlsSetupError> {
+    match crate::credentials::not_a_directory(dir) {
+        Some(source) => Err(TlsSetupError::Io {
+            path: dir.to_owned(),
+            source,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The TLS server name for `host`: an IP address (matched against the certificate's IP

@@ -141,12 +141,31 @@ impl RelayConfig {
                 "close every endpoint at once as idle",
             ),
         ];
-        match zero.iter().find(|(is_zero, ..)| *is_zero) {
-            Some((_, field, effect)) => Err(alloc::format!(
+        if let Some((_, field, effect)) = zero.iter().find(|(is_zero, ..)| *is_zero) {
+            return Err(alloc::format!(
                 "{field} must be at least 1 (0 would {effect})"
-            )),
-            None => Ok(()),
+            ));
         }
+        let groups = self.allowed_groups.iter().flatten();
+        for (name, limits) in
+            core::iter::once((None, &self.default_limits)).chain(groups.map(|(n, l)| (Some(n), l)))
+        {
+            let which = match name {
+                Some(name) => alloc::format!("group {name:?}"),
+                None => "the default group limits".into(),
+            };
+            if limits.max_members == Some(0) {
+                return Err(alloc::format!(
+                    "{which}: max_members must be at least 1 (0 would refuse every member)"
+                ));
+            }
+            if limits.max_queue == 0 {
+                return Err(alloc::format!(
+                    "{which}: max_queue must be at least 1 (0 would refuse every produced object)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The limits of `group`, or `None` when the allow-list does not have it.

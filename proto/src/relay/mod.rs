@@ -733,7 +733,10 @@ impl RelayState {
                     if limits.max_members.is_some_and(|max| members >= max) {
                         Some((
                             CloseCode::GroupFull,
-                            alloc::format!("group {group:?} already has {members} members"),
+                            alloc::format!(
+                                "group {group:?} already has {members} member{}",
+                                if members == 1 { "" } else { "s" }
+                            ),
                         ))
                     } else if !self.groups.contains_key(group)
                         && self.groups.len() + new_groups >= self.config.max_groups

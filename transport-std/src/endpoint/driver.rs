@@ -78,6 +78,8 @@ struct Control {
     stopped: bool,
     /// A failure found by the driver itself (not by the session).
     failure: Option<Failure>,
+    /// The last connection attempt got as far as a TCP connection (its failure came after).
+    tcp_connected: bool,
 }
 
 impl Driver {
@@ -99,6 +101,7 @@ impl Driver {
                 connected: false,
                 stopped: false,
                 failure: None,
+                tcp_connected: false,
             },
         }
     }
@@ -153,9 +156,21 @@ impl Driver {
             let wake_at = deadline_after(self.config.backoff.delay(self.ctl.attempt));
             if first && wake_at >= first_deadline {
                 sleep_until(first_deadline).await;
+                // Something accepted the TCP connection: say so, as "unreachable" alone would
+                // send the user looking for a relay that is not running.
+                let reason = if self.ctl.tcp_connected {
+                    format!(
+                        "{}; something accepts TCP connections there but did not complete a \
+                         tlsro handshake (a relay busy with too many handshakes, or another \
+                         service on that port?)",
+                        failure.error
+                    )
+                } else {
+                    failure.error.to_string()
+                };
                 return Err(Error::RelayUnreachable {
                     addr: self.config.addr.clone(),
-                    reason: failure.error.to_string(),
+                    reason,
                 });
             }
             if let Some(end) = self.back_off(wake_at).await {
@@ -175,10 +190,12 @@ impl Driver {
     /// One connection: open the transport, start the session's connection, drive it.
     async fn connection(&mut self, deadline: Instant, first: bool) -> Result<(), Failure> {
         let shared = self.shared.clone();
+        self.ctl.tcp_connected = false;
         let io = tokio::select! {
             opened = transport::open(&self.config.addr, &self.config.link, deadline) => opened?,
             end = stop_wanted(&shared) => return end.map_err(|e| Failure::new(e, Heal::Never)),
         };
+        self.ctl.tcp_connected = true;
         let nonce = random_nonce().map_err(Failure::retry)?;
         {
             let mut st = shared.lock();

@@ -444,11 +444,37 @@ async fn unreachable_relay_is_retried_until_the_connect_timeout() {
         Err(Error::RelayUnreachable { addr: a, reason }) => {
             assert_eq!(a, addr);
             assert!(reason.to_lowercase().contains("refused"), "{reason}");
+            assert!(!reason.contains("accepts TCP"), "{reason}");
         }
         other => panic!("{other:?}"),
     }
     assert!(elapsed >= Duration::from_millis(550), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+
+    // Something accepts the connection and says nothing: not "is the relay running?" alone.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let result = bounded(
+        "connect",
+        Endpoint::<u32>::builder(addr, PASSWORD)
+            .security(Security::Plain)
+            .connect_timeout(Duration::from_millis(600))
+            .connect(),
+    )
+    .await;
+    silent.abort();
+    match result {
+        Err(Error::RelayUnreachable { reason, .. }) => {
+            assert!(reason.contains("accepts TCP connections there"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
