@@ -61,16 +61,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
-use tlsro_proto::MAX_GROUP_NAME;
 use tlsro_proto::relay::{DEFAULT_MAX_OBJECT, GroupLimits, Overflow, RelayConfig};
+/// The bounds of `max_keepalive` and `confirm_delay` (the relay's own, checked by
+/// [`RelayConfig::check`]).
+pub use tlsro_proto::relay::{MAX_CONFIRM_DELAY, MIN_KEEPALIVE};
 
 use crate::RelayBuilder;
-
-/// The shortest `max_keepalive` a file may set: the relay honours no keepalive under it.
-pub const MIN_KEEPALIVE: Duration = Duration::from_millis(100);
-
-/// The longest `confirm_delay` a file may set.
-pub const MAX_CONFIRM_DELAY: Duration = Duration::from_secs(1);
 
 /// Room for the frame header on top of the largest object: `max_frame = max_object_size + 1024`.
 pub const FRAME_HEADER_ROOM: u32 = 1024;
@@ -261,22 +257,6 @@ impl RelayFileConfig {
         if usize::try_from(outbound).is_err() {
             return Err(format!(
                 "outbound_limit ({outbound} bytes) does not fit this machine's memory"
-            ));
-        }
-        if let Some(d) = self.confirm_delay
-            && d > MAX_CONFIRM_DELAY
-        {
-            return Err(format!(
-                "confirm_delay ({d:?}) is too long: at most {MAX_CONFIRM_DELAY:?} (endpoints \
-                 that do not ask would keep their last publish that long)"
-            ));
-        }
-        if let Some(t) = self.max_keepalive
-            && t < MIN_KEEPALIVE
-        {
-            return Err(format!(
-                "max_keepalive ({t:?}) is too short: at least {MIN_KEEPALIVE:?}, the shortest \
-                 keepalive the relay honours"
             ));
         }
         // The rules of the relay's own configuration (proto's), on what this file asks for.
@@ -593,17 +573,6 @@ fn de_groups<'de, D: Deserializer<'de>>(
             "[groups] lists no group: add [groups.NAME] tables, or remove it to allow any group",
         ));
     }
-    // A name no endpoint can send would be an entry nobody can ever join or publish to.
-    if let Some(name) = groups
-        .keys()
-        .find(|name| tlsro_proto::frame::check_group_name(name).is_err())
-    {
-        return Err(de::Error::custom(format!(
-            "group name {name:?} is {} bytes long: a group name has 1 to {MAX_GROUP_NAME} bytes \
-             of UTF-8, so no endpoint could join or publish to it",
-            name.len()
-        )));
-    }
     Ok(groups)
 }
 
@@ -862,15 +831,16 @@ max_queue = 5
 
     #[test]
     fn group_names_no_endpoint_can_send_are_refused() {
-        let long = "x".repeat(MAX_GROUP_NAME + 1);
+        let long = "x".repeat(tlsro_proto::MAX_GROUP_NAME + 1);
         for name in ["", long.as_str()] {
             let e = parse_err(&format!("[groups.\"{name}\"]\n"));
             assert!(
-                e.contains("group name") && e.contains(&format!("1 to {MAX_GROUP_NAME} bytes")),
+                e.contains("group name")
+                    && e.contains(&format!("1 to {} bytes", tlsro_proto::MAX_GROUP_NAME)),
                 "{name:?}: {e}"
             );
         }
-        let longest = "x".repeat(MAX_GROUP_NAME);
+        let longest = "x".repeat(tlsro_proto::MAX_GROUP_NAME);
         let file = RelayFileConfig::parse(&format!("[groups.{longest}]\n[groups.\"bücher\"]\n"))
             .expect("valid names");
         assert_eq!(file.groups.len(), 2);

@@ -77,6 +77,14 @@ pub struct RelayConfig {
     pub min_frame_rate: u32,
 }
 
+/// The shortest keepalive interval the relay honours (an endpoint stating less is pinged this
+/// often), and so the shortest `max_keepalive`.
+pub const MIN_KEEPALIVE: Duration = Duration::from_millis(100);
+
+/// The longest `confirm_delay`: endpoints that do not ask would keep their last publish that
+/// long.
+pub const MAX_CONFIRM_DELAY: Duration = Duration::from_secs(1);
+
 /// The relay's default limit for an object: 16 MiB.
 pub const DEFAULT_MAX_OBJECT: u32 = 16 * 1024 * 1024;
 
@@ -106,10 +114,26 @@ impl RelayConfig {
     /// Refuses the limits with which no endpoint could ever be served: a frame limit below
     /// what every endpoint may send ([`MIN_MAX_FRAME`](crate::frame::MIN_MAX_FRAME): its
     /// handshake alone needs that much), an outbound limit below it (every endpoint would be a
-    /// slow consumer), and zero connections, groups or idle intervals. The relay's drivers call
-    /// it before they start; the message names the field.
+    /// slow consumer), zero connections, groups or idle intervals, a `confirm_delay` over
+    /// [`MAX_CONFIRM_DELAY`], a `max_keepalive` under [`MIN_KEEPALIVE`], group limits of zero
+    /// and allowed group names no endpoint can send. The relay's drivers call it before they
+    /// start, and its configuration file on what it asks for; the message names the field.
     pub fn check(&self) -> Result<(), String> {
         use crate::frame::MIN_MAX_FRAME;
+        if self.confirm_delay > MAX_CONFIRM_DELAY {
+            return Err(alloc::format!(
+                "confirm_delay ({:?}) is too long: at most {MAX_CONFIRM_DELAY:?} (endpoints \
+                 that do not ask would keep their last publish that long)",
+                self.confirm_delay
+            ));
+        }
+        if self.max_keepalive < MIN_KEEPALIVE {
+            return Err(alloc::format!(
+                "max_keepalive ({:?}) is too short: at least {MIN_KEEPALIVE:?}, the shortest \
+                 keepalive the relay honours",
+                self.max_keepalive
+            ));
+        }
         if self.max_frame < MIN_MAX_FRAME {
             return Err(alloc::format!(
                 "max_frame ({} bytes) is below the {MIN_MAX_FRAME} bytes every endpoint may send \
@@ -150,6 +174,16 @@ impl RelayConfig {
         for (name, limits) in
             core::iter::once((None, &self.default_limits)).chain(groups.map(|(n, l)| (Some(n), l)))
         {
+            if let Some(name) = name
+                && crate::frame::check_group_name(name).is_err()
+            {
+                return Err(alloc::format!(
+                    "group name {name:?} is {} bytes long: a group name has 1 to {} bytes of \
+                     UTF-8, so no endpoint could join or publish to it",
+                    name.len(),
+                    crate::MAX_GROUP_NAME
+                ));
+            }
             let which = match name {
                 Some(name) => alloc::format!("group {name:?}"),
                 None => "the default group limits".into(),

@@ -40,7 +40,9 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
 
-pub use config::{DEFAULT_MAX_OBJECT, GroupLimits, Overflow, RelayConfig};
+pub use config::{
+    DEFAULT_MAX_OBJECT, GroupLimits, MAX_CONFIRM_DELAY, MIN_KEEPALIVE, Overflow, RelayConfig,
+};
 pub use shared::SharedBytes;
 
 use crate::auth::{Role, Transcript};
@@ -628,8 +630,9 @@ impl RelayState {
                 // Honoured between 100 ms and `max_keepalive`: a peer stating a huge interval
                 // would otherwise never be idle (the relay pings it at the cap instead, and a
                 // live endpoint answers).
-                c.keepalive = Duration::from_millis(u64::from(h.keepalive_ms.max(100)))
-                    .min(self.config.max_keepalive.max(Duration::from_millis(100)));
+                c.keepalive = Duration::from_millis(u64::from(h.keepalive_ms))
+                    .max(MIN_KEEPALIVE)
+                    .min(self.config.max_keepalive.max(MIN_KEEPALIVE));
                 let nonce = c.relay_nonce;
                 c.phase = Phase::AwaitProof(Box::new(HelloInfo {
                     nonce: h.nonce,
@@ -1347,12 +1350,13 @@ impl RelayState {
     /// When [`handle_timeout`](Self::handle_timeout) must run next (a scan over connections:
     /// drivers with many connections may instead call `handle_timeout` on a fixed tick).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let scan = self.conns.values().filter_map(|c| self.deadline(c)).min();
-        // Possibly a stale entry, so possibly early: harmless.
-        match (scan, self.confirm_due.front().map(|(due, _)| *due)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // The first deferred confirm may be a stale entry, so possibly early: harmless.
+        let confirm = self.confirm_due.front().map(|(due, _)| *due);
+        self.conns
+            .values()
+            .filter_map(|c| self.deadline(c))
+            .chain(confirm)
+            .min()
     }
 
     fn deadline(&self, c: &Conn) -> Option<Instant> {
