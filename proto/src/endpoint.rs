@@ -992,7 +992,7 @@ impl EndpointSession {
     /// (one that crossed the `Ping`, or the `Pong` of a keepalive `Ping` that left before the
     /// publish), a reconnect, or a request made while no `Ping` could go does not cancel it.
     pub fn request_confirm(&mut self) {
-        self.request_confirm_up_to(self.next_seq.saturating_sub(1));
+        self.request_confirm_up_to(self.confirmable);
     }
 
     /// [`request_confirm`](Self::request_confirm) for the publishes up to `seq` only (one

@@ -268,15 +268,9 @@ impl Receipt {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        {
-            let mut st = shared.lock();
-            // A receipt already resolved asks for nothing (its publish may have been dropped
-            // unsent: no confirm will ever come for it alone).
-            if !st.outbox.holds(self.seq) {
-                return;
-            }
-            st.session.request_confirm_up_to(self.seq);
-        }
+        // Nothing for a publish confirmed already, nor beyond what the relay can still get
+        // (one dropped unsent): the session knows both.
+        shared.lock().session.request_confirm_up_to(self.seq);
         shared.wake_driver.notify_one();
     }
 }
@@ -492,9 +486,7 @@ impl<T: Serialize, C: Codec> Endpoint<T, C> {
                     max,
                 };
                 // Room comes with a confirm, which the relay may hold back (PROTOCOL.md §7.1).
-                if let Some(seq) = st.outbox.last_seq() {
-                    st.session.request_confirm_up_to(seq);
-                }
+                st.session.request_confirm();
                 drop(st);
                 shared.wake_driver.notify_one();
                 return Err(full);

@@ -427,12 +427,9 @@ impl Driver {
             stop_deadline = Some(stop.deadline);
             stop_expired = Instant::now() >= stop.deadline;
             let closing = stop.closing;
-            if !closing
-                && !stop_expired
-                && let Some(seq) = st.outbox.last_seq()
-            {
+            if !closing && !st.outbox.is_empty() && !stop_expired {
                 // The relay may hold back the last confirm for its confirm delay.
-                st.session.request_confirm_up_to(seq);
+                st.session.request_confirm();
             }
             if !closing
                 && st.session.phase() == Phase::Open

@@ -349,17 +349,6 @@ impl Outbox {
             .sum()
     }
 
-    /// The highest sequence number kept (the confirm a stop or a full buffer waits for).
-    pub(crate) fn last_seq(&self) -> Option<u64> {
-        self.entries.back().map(|e| e.seq)
-    }
-
-    /// Whether publish `seq` is still kept (its receipt not resolved yet).
-    pub(crate) fn holds(&self, seq: u64) -> bool {
-        let index = self.entries.partition_point(|e| e.seq < seq);
-        self.entries.get(index).is_some_and(|e| e.seq == seq)
-    }
-
     pub(crate) fn has_unsent(&self) -> bool {
         self.next_to_send < self.entries.len()
     }
@@ -425,14 +414,13 @@ impl Outbox {
         max: u32,
         mut dropped: impl FnMut(u64, u64),
     ) -> Option<u64> {
-        let mut kept = VecDeque::with_capacity(self.entries.len());
-        for mut entry in self.entries.drain(..) {
+        let bytes = &mut self.bytes;
+        self.entries.retain_mut(|entry| {
             let size = entry.frame().len();
             if size as u64 <= u64::from(max) {
-                kept.push_back(entry);
-                continue;
+                return true;
             }
-            self.bytes -= size;
+            *bytes -= size;
             tracing::warn!(
                 seq = entry.seq,
                 size,
@@ -446,10 +434,10 @@ impl Outbox {
                     max,
                 })));
             }
-        }
-        self.entries = kept;
+            false
+        });
         self.next_to_send = self.next_to_send.min(self.entries.len());
-        self.last_seq()
+        self.entries.back().map(|e| e.seq)
     }
 
     /// The relay refused publish `seq` for `group`; its receipt reports it on confirmation.
