@@ -226,17 +226,9 @@ fn run(args: RunArgs) -> Result<(), BoxError> {
     } else {
         Some(tls::server_config_from_dir(&dir).map_err(|e| {
             format!(
-                "cannot load the relay's TLS certificate and key: {e}\n(generate them with \
-                 `tlsro-relay credentials generate --dir {}{}`, or run with --plain)",
-                dir.display(),
-                // Over files that are there but broken, generate needs to be told.
-                if dir.join(credentials::RELAY_CERT_FILE).exists()
-                    || dir.join(credentials::RELAY_KEY_FILE).exists()
-                {
-                    " --force"
-                } else {
-                    ""
-                }
+                "cannot load the relay's TLS certificate and key: {e}\n(generate them with {}, \
+                 or run with --plain)",
+                generate_command(&dir)
             )
         })?)
     };
@@ -250,16 +242,14 @@ fn run(args: RunArgs) -> Result<(), BoxError> {
             Ok(()) => {}
             Err(e) if is_about_time(&e) => tracing::warn!(
                 "{e} (by this machine's clock: endpoints whose clocks agree will refuse the \
-                 relay; generate new credentials with `tlsro-relay credentials generate --dir {} \
-                 --force`)",
-                dir.display()
+                 relay; generate new credentials with {})",
+                generate_command(&dir)
             ),
             Err(e) => {
                 return Err(format!(
                     "{e}\n(every endpoint would refuse this relay: generate new credentials with \
-                     `tlsro-relay credentials generate --dir {} --force`, or put the ca.pem \
-                     that signed relay.pem beside it)",
-                    dir.display()
+                     {}, or put the ca.pem that signed relay.pem beside it)",
+                    generate_command(&dir)
                 )
                 .into());
             }
@@ -341,6 +331,19 @@ fn print_tls_summary(shown: &Shown, source: &PasswordSource) {
             ca.display()
         )),
     }
+}
+
+/// The command that makes credentials in `dir`, with `--force` when some are there already
+/// (broken or refused ones, which generate would not overwrite otherwise).
+fn generate_command(dir: &Path) -> String {
+    let present = [credentials::RELAY_CERT_FILE, credentials::RELAY_KEY_FILE]
+        .iter()
+        .any(|file| dir.join(file).exists());
+    let force = if present { " --force" } else { "" };
+    format!(
+        "`tlsro-relay credentials generate --dir {}{force}`",
+        dir.display()
+    )
 }
 
 /// Whether a refused relay certificate is refused only for the date (expired, not valid yet).
@@ -499,9 +502,8 @@ fn show(args: ShowArgs) -> Result<(), BoxError> {
     match &shown.ca_fingerprint {
         Some(fingerprint) => say(format!("CA fingerprint (SHA-256): {fingerprint}")),
         None => say(format!(
-            "no CA certificate, so no fingerprint (generate credentials with \
-             `tlsro-relay credentials generate --dir {}`)",
-            dir.display()
+            "no CA certificate, so no fingerprint (generate credentials with {})",
+            generate_command(&dir)
         )),
     }
     Ok(())

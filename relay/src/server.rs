@@ -749,6 +749,19 @@ impl TlsConfigs {
     }
 }
 
+/// Whether the endpoint ended the handshake with an alert that means it refused the relay's
+/// certificate (rustls sends `DecryptError` for a signature of an unknown CA).
+fn refused_our_certificate(e: &std::io::Error) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            A::DecryptError | A::BadCertificate | A::UnknownCA | A::CertificateUnknown
+        ))
+    )
+}
+
 fn explain_tls_error(e: &std::io::Error) -> String {
     let text = e.to_string();
     if text.contains("InvalidContentType")
@@ -756,15 +769,7 @@ fn explain_tls_error(e: &std::io::Error) -> String {
         || text.contains("InvalidMessage")
     {
         format!("{text} (not a TLS client: a plain endpoint on the TLS port?)")
-    } else if [
-        "DecryptError",
-        "BadCertificate",
-        "UnknownCA",
-        "CertificateUnknown",
-    ]
-    .iter()
-    .any(|alert| text.contains(&format!("alert: {alert}")))
-    {
+    } else if refused_our_certificate(e) {
         // The endpoint's verdict on our certificate; its own error says more.
         format!(
             "{text} (the endpoint refused this relay's certificate: does it trust this relay's \

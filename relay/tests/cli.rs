@@ -499,11 +499,23 @@ fn run_refuses_a_relay_certificate_its_ca_did_not_sign() {
     assert!(!run.status.success(), "started:\n{}", run.stdout);
     assert!(
         run.stderr.contains("would refuse the relay certificate")
-            && run.stderr.contains("credentials generate"),
+            && run.stderr.contains("credentials generate")
+            && run.stderr.contains("--force"),
         "{}",
         run.stderr
     );
     assert!(!run.stdout.contains(LISTENING_PREFIX), "{}", run.stdout);
+
+    // A relay.pem cut short: the advice to generate again must work over the files there.
+    let pem = std::fs::read_to_string(dir.join("relay.pem")).unwrap();
+    std::fs::write(dir.join("relay.pem"), &pem[..pem.len() / 2]).unwrap();
+    let run = finish(run_tls_command(home.path(), &dir));
+    assert!(!run.status.success(), "started:\n{}", run.stdout);
+    assert!(
+        run.stderr.contains("cut short") && run.stderr.contains("--force"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// Private keys that other users can read are used, with a warning each (as for the password
