@@ -764,8 +764,13 @@ max_queue = 5
         let e = parse_err("max_keepalive = \"50ms\"");
         assert!(e.contains("max_keepalive (50ms) is too short"), "{e}");
         assert!(parse_err("idle_intervals = 0").contains("idle_intervals must be at least 1"));
+        // The error quotes the line, so the key alone proves nothing: serde's verdict on it.
         for bad in ["min_frame_rate = -1", "min_frame_rate = \"fast\""] {
-            assert!(parse_err(bad).contains("min_frame_rate"), "{bad}");
+            let e = parse_err(bad);
+            assert!(
+                e.contains("min_frame_rate") && e.contains("expected u32"),
+                "{bad}: {e}"
+            );
         }
         let e = parse_err("max_object_size = \"16 MB\"");
         assert!(e.contains("max_object_size") && e.contains("MiB"), "{e}");

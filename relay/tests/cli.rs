@@ -401,19 +401,16 @@ fn show_and_generate_report_problems() {
         "{}",
         generated.stderr
     );
-    for args in [
-        &["credentials", "show", "--dir"][..],
-        &["run", "--listen", "127.0.0.1:0", "--credentials"],
-    ] {
-        let mut args = args.to_vec();
-        args.push(file.to_str().unwrap());
-        let mut cmd = command(home.path(), &args);
-        cmd.env("TLSRO_PASSWORD", "pw");
+    let show = command(
+        home.path(),
+        &["credentials", "show", "--dir", file.to_str().unwrap()],
+    );
+    for (what, cmd) in [("show", show), ("run", run_tls_command(home.path(), &file))] {
         let run = finish(cmd);
-        assert_eq!(run.status.code(), Some(1), "{args:?}");
+        assert_eq!(run.status.code(), Some(1), "{what}");
         assert!(
             run.stderr.contains("is not a directory"),
-            "{args:?}: {}",
+            "{what}: {}",
             run.stderr
         );
     }
@@ -885,4 +882,30 @@ fn run_on_a_busy_port_fails_before_generating_credentials() {
         "credentials were written for a relay that could not start"
     );
     drop(taken);
+}
+
+/// Command-line values that cannot work are refused with what to write instead: a host name
+/// for `--listen`, a password file that is not there (named as the option's).
+#[test]
+fn run_refuses_bad_flags_clearly() {
+    let home = TempDir::new("run-bad-flags");
+    let run = finish(command(
+        home.path(),
+        &["run", "--plain", "--listen", "localhost:7000"],
+    ));
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("IP:PORT") && run.stderr.contains("127.0.0.1:7000"),
+        "{}",
+        run.stderr
+    );
+    let mut cmd = run_plain(home.path(), &["--password-file", "absent-password"]);
+    cmd.env_remove("TLSRO_PASSWORD");
+    let run = finish(cmd);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--password-file: absent-password"),
+        "{}",
+        run.stderr
+    );
 }

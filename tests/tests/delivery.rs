@@ -986,31 +986,50 @@ async fn large_and_small_objects_mixed_keep_order_and_content() {
 #[tokio::test]
 async fn a_lone_publish_is_confirmed_without_anyone_asking() {
     bounded(async {
+        // A confirm delay of 1 s, so that 20 waits without the asking `Ping` would take 20 s;
+        // a keepalive of a minute, so that no keepalive `Ping` brings the confirm instead.
         let creds = Creds::generate();
-        let relay = creds.relay().start().await.unwrap();
+        let relay = creds
+            .relay()
+            .configure(|c| c.confirm_delay = Duration::from_secs(1))
+            .start()
+            .await
+            .unwrap();
         let addr = relay.local_addr();
         let member = creds.connect::<String>(addr, &["news"]).await;
-        let sender = creds.connect::<String>(addr, &[]).await;
+        let sender = within(
+            "connect",
+            PROMPTLY,
+            creds
+                .endpoint::<String>(addr)
+                .keepalive(Duration::from_secs(60))
+                .connect(),
+        )
+        .await
+        .unwrap();
 
         let _receipt = sender.broadcast(&"one".to_owned(), "news").unwrap();
         assert_eq!(expect_values(&member, 1).await, ["one"]);
         // Nobody waits on the receipt and the sender gets no other output: the relay's timer.
-        let mut waited = Duration::ZERO;
-        while sender.buffered_bytes() > 0 {
-            assert!(waited < Duration::from_secs(5), "never confirmed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            waited += Duration::from_millis(5);
-        }
+        eventually(
+            "confirmed by the relay's timer",
+            Duration::from_secs(5),
+            || sender.buffered_bytes() == 0,
+        )
+        .await;
 
         // Someone waits: asked for, and answered with the relay's `Pong`.
-        for i in 0..20 {
-            sender
-                .broadcast(&format!("{i}"), "news")
-                .unwrap()
-                .wait()
-                .await
-                .unwrap();
-        }
+        within("20 waited receipts", Duration::from_secs(5), async {
+            for i in 0..20 {
+                sender
+                    .broadcast(&format!("{i}"), "news")
+                    .unwrap()
+                    .wait()
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
         assert_eq!(expect_values(&member, 20).await.len(), 20);
         relay.stop().await;
     })

@@ -598,7 +598,22 @@ mod tests {
         assert!(text(e).contains(&*creds.relay_key().to_string_lossy()));
         let e = server_config(&creds.relay_cert(), &creds.relay_cert()).unwrap_err();
         assert!(matches!(e, TlsSetupError::NoPrivateKey { .. }));
-        assert!(text(e).contains(&*creds.relay_cert().to_string_lossy()));
+        let e = text(e);
+        assert!(e.contains(&*creds.relay_cert().to_string_lossy()), "{e}");
+        assert!(e.contains("ENCRYPTED PRIVATE KEY is not supported"), "{e}");
+        // A legacy encrypted key: its header lines are no base64, and the error says why.
+        let encrypted = dir.path().join("encrypted.key");
+        fs::write(
+            &encrypted,
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\n\
+             AAAA\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = text(server_config(&creds.relay_cert(), &encrypted).unwrap_err());
+        assert!(
+            e.contains("encrypted key") && e.contains("unencrypted"),
+            "{e}"
+        );
 
         // The CA key does not match the relay certificate.
         let e = server_config(&creds.relay_cert(), &creds.ca_key()).unwrap_err();

@@ -1090,7 +1090,11 @@ async fn waiting_on_a_receipt_asks_for_its_confirm() {
     let raw = bounded("publish", conn.next()).await.unwrap();
     assert_eq!(decode(&raw).kind(), frame::Kind::Publish);
     let waiter = tokio::spawn(receipt.wait());
-    let raw = bounded("ping", conn.next()).await.unwrap();
+    // Well before the keepalive's `Ping` (5 s), which would bring the confirm too.
+    let raw = timeout(Duration::from_secs(1), conn.next())
+        .await
+        .expect("a Ping asking for the confirm")
+        .unwrap();
     assert_eq!(decode(&raw), Frame::Ping);
     conn.send(&Frame::Pong).await;
     conn.send(&Frame::Confirm(Confirm { up_to: 1 })).await;
