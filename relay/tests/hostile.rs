@@ -131,6 +131,36 @@ fn key() -> &'static AuthKey {
     KEY.get_or_init(|| AuthKey::derive(PASSWORD))
 }
 
+/// A TLS relay with [`PASSWORD`] and the credentials in `creds`, adjusted by `configure`.
+async fn tls_relay(
+    creds: &TempCreds,
+    configure: impl FnOnce(&mut RelayConfig) + Send + 'static,
+) -> RelayHandle {
+    Relay::builder(PASSWORD)
+        .listen(any_port())
+        .tls_from_dir(&creds.0)
+        .expect("the credentials load")
+        .configure(configure)
+        .start()
+        .await
+        .expect("the relay starts")
+}
+
+/// The TLS handshake of a client that trusts the CA in `ca_dir`, over `tcp`, as `localhost`.
+async fn tls_handshake(
+    ca_dir: &std::path::Path,
+    tcp: TcpStream,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let config = tlsro::tls::client_config_from_dir(ca_dir).unwrap();
+    let name = tlsro::tls::server_name("localhost").unwrap();
+    within(
+        "a TLS handshake",
+        PROMPTLY,
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+}
+
 /// A plain-TCP relay with [`PASSWORD`] and a [`HANDSHAKE`] deadline, adjusted by `configure`.
 async fn plain_relay(configure: impl FnOnce(&mut RelayConfig) + Send + 'static) -> RelayHandle {
     Relay::builder(PASSWORD)
@@ -2152,14 +2182,7 @@ async fn bytes_at_the_tls_port() {
     let (logs, _guard) = Logs::capture();
     bounded(async {
         let creds = TempCreds::generate();
-        let relay = Relay::builder(PASSWORD)
-            .listen(any_port())
-            .tls_from_dir(&creds.0)
-            .unwrap()
-            .configure(|c| c.handshake_timeout = Duration::from_millis(800))
-            .start()
-            .await
-            .unwrap();
+        let relay = tls_relay(&creds, |c| c.handshake_timeout = Duration::from_millis(800)).await;
         let addr = relay.local_addr();
 
         // Not TLS at all: a plain Hello, garbage, an oversize prefix.
@@ -2178,18 +2201,9 @@ async fn bytes_at_the_tls_port() {
             .await;
 
         // Real TLS, hostile frames inside it.
-        let config = tlsro::tls::client_config_from_dir(&creds.0).unwrap();
-        let connector = tokio_rustls::TlsConnector::from(config);
-        let tls_raw = || {
-            let connector = connector.clone();
-            async move {
-                let tcp = TcpStream::connect(addr).await.unwrap();
-                let name = tlsro::tls::server_name("localhost").unwrap();
-                let tls = within("TLS handshake", PROMPTLY, connector.connect(name, tcp))
-                    .await
-                    .expect("TLS handshake");
-                Raw::over(tls)
-            }
+        let tls_raw = || async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            Raw::over(tls_handshake(&creds.0, tcp).await.expect("TLS handshake"))
         };
         let mut raw = tls_raw().await;
         raw.send(&[0xff; 4]).await;
@@ -3309,23 +3323,13 @@ async fn the_handshake_deadline_counts_from_the_accept() {
 
         // TLS: the ClientHello comes half the deadline late, then nothing.
         let creds = TempCreds::generate();
-        let relay = Relay::builder(PASSWORD)
-            .listen(any_port())
-            .tls_from_dir(&creds.0)
-            .unwrap()
-            .configure(move |c| c.handshake_timeout = deadline)
-            .start()
-            .await
-            .unwrap();
+        let relay = tls_relay(&creds, move |c| c.handshake_timeout = deadline).await;
         let tcp = TcpStream::connect(relay.local_addr()).await.unwrap();
         let opened = Instant::now();
         sleep(deadline / 2).await;
-        let config = tlsro::tls::client_config_from_dir(&creds.0).unwrap();
-        let name = tlsro::tls::server_name("localhost").unwrap();
-        let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
-        let tls = within("a late TLS handshake", PROMPTLY, connect)
+        let tls = tls_handshake(&creds.0, tcp)
             .await
-            .expect("TLS handshake");
+            .expect("a late TLS handshake");
         let mut raw = Raw::over(tls);
         let end = raw
             .until_closed("silent after a late TLS handshake", deadline * 3)
@@ -3346,18 +3350,9 @@ async fn a_refused_certificate_is_explained_in_the_relay_log() {
     bounded(async {
         let creds = TempCreds::generate();
         let other = TempCreds::generate();
-        let relay = Relay::builder(PASSWORD)
-            .listen(any_port())
-            .tls_from_dir(&creds.0)
-            .unwrap()
-            .start()
-            .await
-            .unwrap();
+        let relay = tls_relay(&creds, |_| {}).await;
         let tcp = TcpStream::connect(relay.local_addr()).await.unwrap();
-        let config = tlsro::tls::client_config_from_dir(&other.0).unwrap();
-        let name = tlsro::tls::server_name("localhost").unwrap();
-        let connect = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
-        let refused = within("a TLS handshake with another CA", PROMPTLY, connect).await;
+        let refused = tls_handshake(&other.0, tcp).await;
         assert!(
             refused.is_err(),
             "the endpoint trusted a certificate of another CA"
