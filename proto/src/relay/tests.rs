@@ -301,6 +301,15 @@ impl Net {
     }
 }
 
+/// Only `groups` may be used on this relay, with the default limits.
+fn allow_only(c: &mut RelayConfig, groups: &[&str]) {
+    let list = groups
+        .iter()
+        .map(|g| (g.to_string(), GroupLimits::default()))
+        .collect();
+    c.allowed_groups = Some(list);
+}
+
 fn b(group: &str, seq: u64, p: &[u8]) -> Seen {
     Seen::Broadcast(group.into(), seq, p.to_vec())
 }
@@ -512,9 +521,7 @@ fn producer_confirms_and_resend_is_recognised() {
 #[test]
 fn allow_list_refuses_unknown_groups_at_join_and_publish() {
     let mut net = Net::with(|c| {
-        let mut list = BTreeMap::new();
-        list.insert("ok".to_string(), GroupLimits::default());
-        c.allowed_groups = Some(list);
+        allow_only(c, &["ok"]);
     });
     let bad = net.endpoint(&["nope"]);
     let p = net.endpoint(&["ok"]);
@@ -1395,9 +1402,7 @@ fn a_close_is_preceded_by_the_deferred_confirm() {
 #[test]
 fn a_rejected_lone_publish_is_confirmed_after_its_rejection() {
     let mut net = Net::with(|c| {
-        let mut list = BTreeMap::new();
-        list.insert("ok".into(), GroupLimits::default());
-        c.allowed_groups = Some(list);
+        allow_only(c, &["ok"]);
     });
     let p = net.endpoint(&[]);
     net.drive();
@@ -1531,9 +1536,7 @@ fn a_request_made_while_disconnected_is_not_lost() {
 fn slow_member_past_its_limit() -> (Net, usize, usize, ConnId) {
     let mut net = Net::with(|c| {
         c.outbound_limit = 100_000;
-        let mut list = BTreeMap::new();
-        list.insert("g".into(), GroupLimits::default());
-        c.allowed_groups = Some(list);
+        allow_only(c, &["g"]);
     });
     let sender = net.endpoint(&[]);
     let slow = net.endpoint(&["g"]);
