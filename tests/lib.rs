@@ -144,6 +144,12 @@ pub fn loopback_any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// A loopback address nobody listens on (a port the OS gave out, then closed again).
+pub fn closed_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind(loopback_any_port()).unwrap();
+    listener.local_addr().unwrap()
+}
+
 /// A plain-TCP relay with this password on 127.0.0.1, port chosen by the OS.
 pub fn plain_relay(password: &[u8]) -> RelayBuilder {
     Relay::builder(password.to_vec())

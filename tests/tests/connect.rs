@@ -326,15 +326,10 @@ async fn a_relay_certificate_for_another_name_is_rejected() {
 #[tokio::test]
 async fn an_unreachable_relay_is_retried_until_the_connect_timeout() {
     bounded(async {
-        // A port nobody listens on: bind one, note it, close it.
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
         let creds = Creds::generate();
         let started = Instant::now();
         let error = creds
-            .endpoint::<String>(format!("127.0.0.1:{port}"))
+            .endpoint::<String>(closed_addr())
             .connect_timeout(Duration::from_millis(600))
             .connect()
             .await

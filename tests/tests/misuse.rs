@@ -52,10 +52,7 @@ async fn connect_with_duration_max_timeouts_does_not_panic() {
             .await;
         assert!(a.is_ok(), "{a:?}");
 
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let closed = listener.local_addr().unwrap();
-        drop(listener);
-        let e = plain_endpoint::<u32>(closed, PW)
+        let e = plain_endpoint::<u32>(closed_addr(), PW)
             .connect_timeout(Duration::from_millis(500))
             .reconnect(Backoff {
                 initial: Duration::MAX,
