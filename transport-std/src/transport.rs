@@ -97,11 +97,19 @@ pub(crate) enum Heal {
 pub(crate) struct Failure {
     pub(crate) error: Error,
     pub(crate) heal: Heal,
+    /// The deadline ran out while dialing TCP: this says nothing about the relay (on a busy
+    /// machine an attempt can start just before the deadline), so an earlier attempt's failure
+    /// (a refused connection, say) is the better thing to report.
+    pub(crate) ran_out_dialing: bool,
 }
 
 impl Failure {
     pub(crate) fn new(error: Error, heal: Heal) -> Self {
-        Failure { error, heal }
+        Failure {
+            error,
+            heal,
+            ran_out_dialing: false,
+        }
     }
 
     pub(crate) fn retry(error: Error) -> Self {
@@ -115,10 +123,14 @@ pub(crate) async fn open(addr: &str, link: &Link, deadline: Instant) -> Result<S
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(Failure::retry(e.into())),
         Err(_) => {
-            return Err(Failure::retry(Error::Io(Arc::new(io::Error::new(
+            let error = Error::Io(Arc::new(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "TCP connect timed out",
-            )))));
+            )));
+            return Err(Failure {
+                ran_out_dialing: true,
+                ..Failure::retry(error)
+            });
         }
     };
     tcp.set_nodelay(true)

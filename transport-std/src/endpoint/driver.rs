@@ -82,6 +82,37 @@ struct Control {
     tcp_connected: bool,
 }
 
+/// What a first connect that never succeeds reports: the last failure that says something about
+/// the relay, and whether that attempt got as far as a TCP connection.
+#[derive(Default)]
+struct Unreachable {
+    telling: Option<(Error, bool)>,
+}
+
+impl Unreachable {
+    fn record(&mut self, failure: &Failure, tcp_connected: bool) {
+        // Running out of time while dialing says nothing about the relay: keep what an earlier
+        // attempt learnt (a refused connection, say).
+        if !failure.ran_out_dialing || self.telling.is_none() {
+            self.telling = Some((failure.error.clone(), tcp_connected));
+        }
+    }
+
+    fn reason(&self) -> String {
+        match &self.telling {
+            // Something accepted the TCP connection: say so, as "unreachable" alone would send
+            // the user looking for a relay that is not running.
+            Some((error, true)) => format!(
+                "{error}; something accepts TCP connections there but did not complete a tlsro \
+                 handshake (a relay busy with too many handshakes, or another service on that \
+                 port?)"
+            ),
+            Some((error, false)) => error.to_string(),
+            None => "no connection attempt finished".to_owned(),
+        }
+    }
+}
+
 impl Driver {
     pub(crate) fn new(
         shared: Arc<Shared>,
@@ -120,6 +151,7 @@ impl Driver {
 
     async fn run_connections(&mut self) -> Result<(), Error> {
         let first_deadline = deadline_after(self.config.connect_timeout);
+        let mut unreachable = Unreachable::default();
         loop {
             let first = self.ctl.first.is_some();
             let deadline = if first {
@@ -141,6 +173,9 @@ impl Driver {
                 tracing::debug!(relay = %self.config.addr, error = %failure.error, "connection attempt failed");
             }
             let first = self.ctl.first.is_some();
+            if first {
+                unreachable.record(&failure, self.ctl.tcp_connected);
+            }
             match failure.heal {
                 Heal::Never => return Err(failure.error),
                 Heal::NotOnFirstConnect if first => return Err(failure.error),
@@ -156,21 +191,9 @@ impl Driver {
             let wake_at = deadline_after(self.config.backoff.delay(self.ctl.attempt));
             if first && wake_at >= first_deadline {
                 sleep_until(first_deadline).await;
-                // Something accepted the TCP connection: say so, as "unreachable" alone would
-                // send the user looking for a relay that is not running.
-                let reason = if self.ctl.tcp_connected {
-                    format!(
-                        "{}; something accepts TCP connections there but did not complete a \
-                         tlsro handshake (a relay busy with too many handshakes, or another \
-                         service on that port?)",
-                        failure.error
-                    )
-                } else {
-                    failure.error.to_string()
-                };
                 return Err(Error::RelayUnreachable {
                     addr: self.config.addr.clone(),
-                    reason,
+                    reason: unreachable.reason(),
                 });
             }
             if let Some(end) = self.back_off(wake_at).await {
@@ -742,5 +765,42 @@ impl Drop for FinishGuard {
         self.0.emit(Event::Stopped);
         self.0.rx_ready.notify_waiters();
         self.0.finished.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod unreachable_tests {
+    use super::*;
+
+    fn io_failure(kind: io::ErrorKind, text: &str) -> Failure {
+        Failure::retry(Error::Io(Arc::new(io::Error::new(kind, text))))
+    }
+
+    #[test]
+    fn running_out_of_time_dialing_keeps_the_earlier_reason() {
+        let refused = io_failure(io::ErrorKind::ConnectionRefused, "connection refused");
+        let cut = Failure {
+            ran_out_dialing: true,
+            ..io_failure(io::ErrorKind::TimedOut, "TCP connect timed out")
+        };
+        let mut report = Unreachable::default();
+        report.record(&refused, false);
+        report.record(&cut, false);
+        assert_eq!(report.reason(), "I/O error: connection refused");
+
+        // With nothing earlier, the timeout is all there is to say.
+        let mut report = Unreachable::default();
+        report.record(&cut, false);
+        assert_eq!(report.reason(), "I/O error: TCP connect timed out");
+
+        // A later failure that says something about the relay replaces an earlier one.
+        let handshake = Failure::retry(Error::TlsHandshake("the TLS handshake timed out".into()));
+        let mut report = Unreachable::default();
+        report.record(&refused, false);
+        report.record(&handshake, true);
+        report.record(&cut, false);
+        let reason = report.reason();
+        assert!(reason.starts_with("TLS handshake"), "{reason}");
+        assert!(reason.contains("accepts TCP connections there"), "{reason}");
     }
 }
