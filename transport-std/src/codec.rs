@@ -15,6 +15,7 @@ use std::fmt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod finite;
 mod raw;
 
 /// Turns objects into payload bytes and back. Both ends of a group must use the same codec.
@@ -117,6 +118,10 @@ impl Codec for Postcard {
 }
 
 /// JSON ([serde_json](https://docs.rs/serde_json)): readable, larger and slower than postcard.
+///
+/// JSON has no NaN or infinity. serde_json writes them as `null`; this codec refuses an object
+/// holding one instead, with a [`CodecError`] naming the field, so no receiver gets `null`
+/// where a number was sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Json;
 
@@ -126,12 +131,48 @@ impl Codec for Json {
         value: &T,
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        serde_json::to_writer(out, value).map_err(|e| CodecError::encode("json", e))
+        let start = out.len();
+        serde_json::to_writer(&mut *out, value).map_err(|e| CodecError::encode("json", e))?;
+        // serde_json writes a NaN or infinite float as `null`: the receiver would get null
+        // where a number was sent. Only an object whose encoding has a null can hold one.
+        if has_null(&out[start..]) {
+            finite::check(value).map_err(|e| CodecError::encode("json", e))?;
+        }
+        Ok(())
     }
 
     fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
         serde_json::from_slice(bytes).map_err(|e| CodecError::decode("json", e))
     }
+}
+
+/// Why a serde walk of our own ([`RawBytes`]'s, [`Json`]'s finite-float check) refused a value.
+#[derive(Debug)]
+struct Refusal(String);
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl serde::ser::Error for Refusal {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        Refusal(msg.to_string())
+    }
+}
+
+impl serde::de::Error for Refusal {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        Refusal(msg.to_string())
+    }
+}
+
+/// Whether `json` has the token `null` somewhere (in a string too: a false alarm costs one walk).
+fn has_null(json: &[u8]) -> bool {
+    json.windows(4).any(|w| w == b"null")
 }
 
 /// The object's bytes as they are, with no framing of its own: the payload *is* the object.

@@ -2,34 +2,10 @@
 //! a text string or a sequence of `u8` (and newtype wrappers of them), and a deserializer that
 //! offers the payload as exactly that.
 
-use std::fmt;
-
 use serde::de::{self, IntoDeserializer, Visitor};
 use serde::ser::{self, Impossible, Serialize};
 
-/// Why [`RawBytes`](super::RawBytes) refused a value.
-#[derive(Debug)]
-pub(super) struct RawError(String);
-
-impl fmt::Display for RawError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for RawError {}
-
-impl ser::Error for RawError {
-    fn custom<T: fmt::Display>(msg: T) -> Self {
-        RawError(msg.to_string())
-    }
-}
-
-impl de::Error for RawError {
-    fn custom<T: fmt::Display>(msg: T) -> Self {
-        RawError(msg.to_string())
-    }
-}
+use super::Refusal as RawError;
 
 fn refuse(found: &str) -> RawError {
     RawError(format!(

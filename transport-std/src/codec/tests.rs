@@ -103,6 +103,71 @@ fn json_round_trip_and_errors() {
 }
 
 #[test]
+fn json_refuses_non_finite_floats_naming_where() {
+    #[derive(Serialize)]
+    struct Sample {
+        id: u32,
+        gain: Option<f32>,
+        readings: Vec<f64>,
+        by_name: BTreeMap<String, f64>,
+        note: Option<String>,
+    }
+    #[derive(Serialize)]
+    enum Reading {
+        Pair(f64, f64),
+        Named { value: f64 },
+    }
+    let good = Sample {
+        id: 1,
+        gain: None,
+        readings: vec![1.0, -0.0, f64::MIN_POSITIVE],
+        by_name: BTreeMap::from([("a".to_owned(), 2.5)]),
+        note: Some("null".to_owned()),
+    };
+    // Nulls that are not floats (a None, the text "null") pass.
+    let bytes = encode(&Json, &good).unwrap();
+    assert!(bytes.windows(4).any(|w| w == b"null"));
+
+    fn refused<T: Serialize + ?Sized>(value: &T) -> String {
+        let e = encode(&Json, value).unwrap_err();
+        assert_eq!(e.codec(), "json");
+        assert!(!e.is_decode());
+        e.to_string()
+    }
+    let bad = Sample {
+        readings: vec![1.0, f64::NAN],
+        ..good
+    };
+    let text = refused(&bad);
+    assert!(text.contains("readings[1] is NaN (f64)"), "{text}");
+    assert!(text.contains("Postcard"), "{text}");
+    let bad = Sample {
+        gain: Some(f32::INFINITY),
+        readings: vec![],
+        ..bad
+    };
+    assert!(refused(&bad).contains("gain is infinite (f32)"));
+    let bad = Sample {
+        gain: None,
+        by_name: BTreeMap::from([("b".to_owned(), f64::NEG_INFINITY)]),
+        ..bad
+    };
+    assert!(refused(&bad).contains("by_name[…] is infinite"));
+    assert!(refused(&f64::NAN).contains("the object is NaN"));
+    assert!(refused(&Reading::Pair(0.0, f64::NAN)).contains("Pair[1] is NaN"));
+    assert!(refused(&Reading::Named { value: f64::NAN }).contains("Named.value is NaN"));
+    assert!(
+        refused(&vec![(
+            1u8,
+            Reading::Named {
+                value: f64::INFINITY
+            }
+        )])
+        .contains("[0][1].Named.value is infinite")
+    );
+}
+
+#[test]
 fn raw_bytes_carries_text_and_bytes_as_they_are() {
     assert_eq!(encode(&RawBytes, "héllo").unwrap(), "héllo".as_bytes());
     assert_eq!(encode(&RawBytes, &"abc".to_owned()).unwrap(), b"abc");
