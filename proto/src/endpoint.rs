@@ -644,7 +644,13 @@ impl EndpointSession {
         if !buf.is_empty() && matches!(self.conn.phase, Phase::Open | Phase::Closing) {
             self.conn.last_rx = now;
         }
-        let len = match frame::frame_len(buf, self.config.max_frame) {
+        // Before `Welcome` the relay sends only small frames (a `Close`'s detail is the longest
+        // part): a larger announced frame would only make the driver buffer it.
+        let limit = match self.conn.phase {
+            Phase::Open | Phase::Closing => self.config.max_frame,
+            _ => self.config.max_frame.min(frame::RELAY_HANDSHAKE_MAX_FRAME),
+        };
+        let len = match frame::frame_len(buf, limit) {
             Ok(None) => return Ok(Input::NeedMore),
             Ok(Some(len)) => len,
             Err(e) => return Err(self.fail_with(Error::Frame(e))),

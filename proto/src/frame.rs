@@ -34,6 +34,10 @@ pub const MIN_MAX_FRAME: u32 = 1024;
 /// (16 groups of 64 bytes: 1,107 bytes) with room to spare.
 pub const HANDSHAKE_MAX_FRAME: u32 = 2048;
 
+/// The largest frame an endpoint accepts before `Welcome`: the relay's handshake frames fit in
+/// 128 bytes, a `Close` with a long detail in this.
+pub const RELAY_HANDSHAKE_MAX_FRAME: u32 = 64 * 1024;
+
 /// A list of group names as it travels in a frame.
 pub type GroupList<'a> = heapless::Vec<&'a str, MAX_GROUPS>;
 

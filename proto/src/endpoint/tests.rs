@@ -1167,6 +1167,37 @@ fn oversize_frame_is_refused_from_its_prefix() {
 }
 
 #[test]
+fn frames_before_welcome_are_kept_small() {
+    let big = frame::RELAY_HANDSHAKE_MAX_FRAME + 1;
+    let prefix = (big - 4).to_be_bytes();
+    let expected = Error::Frame(FrameError::TooLarge {
+        size: u64::from(big),
+        max: frame::RELAY_HANDSHAKE_MAX_FRAME,
+    });
+    // Waiting for the Challenge, and again for the Welcome: refused from the prefix alone.
+    let mut s = session();
+    s.start_connection(at(0), [1; 32]).unwrap();
+    sent(&mut s);
+    assert_eq!(s.handle_input(at(1), &prefix), Err(expected.clone()));
+    assert_eq!(sent(&mut s), [close(CloseCode::FrameTooLarge, "")]);
+    assert!(!expected.is_permanent());
+    authenticate(&mut s, at(10), 2);
+    assert_eq!(s.handle_input(at(11), &prefix), Err(expected));
+
+    // A long Close detail still fits; after Welcome the endpoint's own limit applies.
+    authenticate(&mut s, at(20), 3);
+    let long = "x".repeat(4000);
+    let Err(Error::Rejected(CloseCode::GroupRefused, _)) =
+        feed(&mut s, at(21), &close(CloseCode::GroupRefused, long.leak()))
+    else {
+        panic!("expected Rejected")
+    };
+    let mut s = session();
+    connect(&mut s, at(30), 4, 1, 0);
+    assert_eq!(s.handle_input(at(31), &prefix), Ok(Input::NeedMore));
+}
+
+#[test]
 fn garbage_from_the_relay_is_a_protocol_violation() {
     for (bytes, error) in [
         (vec![0, 0, 0, 1, 0xff], FrameError::UnknownKind(0xff)),
