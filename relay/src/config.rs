@@ -25,7 +25,7 @@
 //! # Any [groups.NAME] table turns on the allow-list (tlspyo's `accepted_groups`): only the
 //! # groups listed can then be joined or published to.
 //! [groups.consumers]
-//! max_members = 10              # default: [default_group]'s, else unlimited
+//! max_members = 10              # or "unlimited"; default: [default_group]'s, else unlimited
 //! max_queue = 1000              # produced objects waiting; default 100000
 //! overflow = "reject"           # or "drop-oldest"; default "reject"
 //!
@@ -133,12 +133,32 @@ pub struct RelayFileConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupFileLimits {
-    /// At most this many members at once (default: unlimited).
-    pub max_members: Option<usize>,
+    /// At most this many members at once (`max_members = 10`), or no limit
+    /// (`max_members = "unlimited"`, for a group that should not inherit `[default_group]`'s).
+    #[serde(default, deserialize_with = "de_member_limit")]
+    pub max_members: Option<MemberLimit>,
     /// At most this many produced objects waiting in the group's queue.
     pub max_queue: Option<usize>,
     /// What a full queue does.
     pub overflow: Option<OverflowSetting>,
+}
+
+/// `max_members`: a number, or `"unlimited"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberLimit {
+    /// `max_members = "unlimited"`.
+    Unlimited,
+    /// `max_members = N`.
+    At(usize),
+}
+
+impl MemberLimit {
+    fn to_option(self) -> Option<usize> {
+        match self {
+            MemberLimit::Unlimited => None,
+            MemberLimit::At(n) => Some(n),
+        }
+    }
 }
 
 /// `overflow = "reject"` or `overflow = "drop-oldest"`.
@@ -171,7 +191,7 @@ impl GroupFileLimits {
     pub fn over(&self, base: GroupLimits) -> GroupLimits {
         let mut limits = base;
         if let Some(n) = self.max_members {
-            limits.max_members = Some(n);
+            limits.max_members = n.to_option();
         }
         if let Some(n) = self.max_queue {
             limits.max_queue = n;
@@ -563,6 +583,41 @@ fn de_busy_poll<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Dur
     Ok(window)
 }
 
+/// `max_members`: a whole number or `"unlimited"`.
+fn de_member_limit<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<MemberLimit>, D::Error> {
+    struct Limit;
+    impl Visitor<'_> for Limit {
+        type Value = MemberLimit;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number of members or \"unlimited\"")
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<MemberLimit, E> {
+            let n = u64::try_from(n).map_err(|_| {
+                E::custom(format!(
+                    "max_members = {n}: a number of members cannot be negative"
+                ))
+            })?;
+            self.visit_u64(n)
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<MemberLimit, E> {
+            usize::try_from(n)
+                .map(MemberLimit::At)
+                .map_err(|_| E::custom(format!("max_members = {n} is too large")))
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<MemberLimit, E> {
+            match text {
+                "unlimited" => Ok(MemberLimit::Unlimited),
+                _ => Err(E::custom(format!(
+                    "max_members = {text:?}: write a number of members or \"unlimited\""
+                ))),
+            }
+        }
+    }
+    deserializer.deserialize_any(Limit).map(Some)
+}
+
 /// `[groups]`: at least one group when the table is there at all.
 fn de_groups<'de, D: Deserializer<'de>>(
     deserializer: D,
@@ -678,12 +733,22 @@ overflow = "reject"
     fn group_limits_fill_in_defaults() {
         let file = RelayFileConfig::parse(
             "[groups.a]\n[groups.b]\noverflow = \"drop-oldest\"\n\
+             [groups.c]\nmax_members = \"unlimited\"\n\
              [default_group]\nmax_members = 2\noverflow = \"drop-oldest\"\n",
         )
         .unwrap();
         let mut c = config();
         file.apply_to(&mut c);
         let allowed = c.allowed_groups.unwrap();
+        // "unlimited" overrides [default_group]'s member limit; the other keys still inherit.
+        assert_eq!(
+            allowed["c"],
+            GroupLimits {
+                max_members: None,
+                overflow: Overflow::DropOldest,
+                ..GroupLimits::default()
+            }
+        );
         // A listed group's missing keys come from [default_group], then the built-in defaults.
         let base = GroupLimits {
             max_members: Some(2),
@@ -857,6 +922,23 @@ max_queue = 5
         assert!(e.contains("max_connections must be at least 1"), "{e}");
         let e = parse_err("max_groups = 0");
         assert!(e.contains("max_groups must be at least 1"), "{e}");
+        for (text, reason) in [
+            (
+                "max_members = -1",
+                "max_members = -1: a number of members cannot be negative",
+            ),
+            (
+                "max_members = \"lots\"",
+                "write a number of members or \"unlimited\"",
+            ),
+            (
+                "max_members = 1.5",
+                "expected a number of members or \"unlimited\"",
+            ),
+        ] {
+            let e = parse_err(&format!("[groups.z]\n{text}\n"));
+            assert!(e.contains(reason), "{text}: {e}");
+        }
         let e = parse_err("[groups.z]\nmax_members = 0\n");
         assert!(
             e.contains("group \"z\": max_members must be at least 1"),
