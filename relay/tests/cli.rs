@@ -515,6 +515,50 @@ fn run_refuses_a_relay_certificate_its_ca_did_not_sign() {
     );
 }
 
+/// An expired relay certificate starts the relay with a warning (the endpoints' clocks judge,
+/// and this machine's may be the wrong one) that says how to make new credentials.
+#[test]
+fn run_warns_about_a_relay_certificate_outside_its_dates() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let home = TempDir::new("run-expired");
+    let (dir, _) = generate_credentials(&home);
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let relay_key = KeyPair::generate().unwrap();
+    let mut relay_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    relay_params.not_before = now - time::Duration::days(30);
+    relay_params.not_after = now - time::Duration::days(1);
+    let relay_cert = relay_params
+        .signed_by(&relay_key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    for (file, pem) in [
+        ("ca.pem", ca_cert.pem()),
+        ("ca.key", ca_key.serialize_pem()),
+        ("relay.pem", relay_cert.pem()),
+        ("relay.key", relay_key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(file), pem).unwrap();
+    }
+    #[cfg(unix)]
+    for file in ["ca.key", "relay.key"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    let mut relay = run_tls(home.path(), &dir);
+    relay.listening();
+    let log = relay.stop_and_read_log();
+    assert!(log.contains("expired"), "{log}");
+    assert!(log.contains("by this machine's clock"), "{log}");
+    assert!(
+        log.contains("credentials generate") && log.contains("--force"),
+        "{log}"
+    );
+}
+
 /// Private keys that other users can read are used, with a warning each (as for the password
 /// file).
 #[cfg(unix)]
