@@ -21,7 +21,7 @@
 //!                           grant FROM one more credit; then = ok
 //! drain N                   receive N objects: = drained N first=TEXT last=TEXT ordered=BOOL
 //!                           (ordered: each payload sorts after the one before)
-//! status                    = status STATUS connects=N skipped=N
+//! status                    = status STATUS connects=N skipped=N dropped=N
 //! stop                      = stopped
 //! ```
 //!
@@ -256,10 +256,11 @@ async fn command_task(endpoint: Endpoint<'static, M>) {
                 })
             }
             ["status"] => format!(
-                "status {} connects={} skipped={}",
+                "status {} connects={} skipped={} dropped={}",
                 status_text(endpoint.status()),
                 endpoint.stats().connects,
-                endpoint.stats().skipped
+                endpoint.stats().skipped,
+                endpoint.stats().publishes_dropped
             ),
             ["stop"] => {
                 endpoint.stop().await;

@@ -393,6 +393,28 @@ async fn scenario() {
     e.event("status Connected", 30).await;
     e.expect_prefix("broadcast robots plain-1", "ok").await;
     e.expect("recv 5000", "item robots broadcast plain-1").await;
+    // The relay comes back with a lower frame limit than a kept publish needs: that one is
+    // dropped (logged, counted), the others before and after it are sent, in order.
+    plain.stop().await;
+    e.event("status Retrying", 30).await;
+    e.expect_prefix("broadcast robots small-1", "ok").await;
+    let big = format!("big-{}", "x".repeat(3000));
+    e.expect_prefix(&format!("broadcast robots {big}"), "ok")
+        .await;
+    e.expect_prefix("broadcast robots small-2", "ok").await;
+    let plain = tlsro_relay::Relay::builder(PASSWORD.as_bytes().to_vec())
+        .listen(SocketAddr::from((HOST_IP, PORT + 1)))
+        .plain()
+        .configure(|c| c.max_frame = 2048)
+        .start()
+        .await
+        .expect("plain relay, restarted");
+    e.event("status Connected", 30).await;
+    e.expect("recv 5000", "item robots broadcast small-1").await;
+    e.expect("recv 5000", "item robots broadcast small-2").await;
+    e.expect("status", "status Connected connects=2 skipped=0 dropped=1")
+        .await;
+    println!("tap test: a relay back with a lower frame limit: the publish too large dropped");
     e.finish().await;
     plain.stop().await;
     println!("tap test: unverified TLS and plain TCP modes; mismatched modes named");
@@ -456,7 +478,7 @@ async fn lean_mode(addr: SocketAddr, ca: &Path) {
     h.publish(PublishKind::Broadcast, "lean", &too_big).await;
     h.publish(PublishKind::Broadcast, "lean", b"lean-b-2").await;
     e.expect("recv 5000", "item lean broadcast lean-b-2").await;
-    e.expect("status", "status Connected connects=1 skipped=1")
+    e.expect("status", "status Connected connects=1 skipped=1 dropped=0")
         .await;
     println!("tap test: lean mode: a 3 KB broadcast is skipped for the 1 KiB endpoint (Skipped)");
 
@@ -500,7 +522,7 @@ async fn lean_mode(addr: SocketAddr, ca: &Path) {
     let rtt = produce_round_trips(&mut h, &mut e, "to-lean", "lean-to-host", rounds).await;
     println!("tap test: lean mode: produce round trip, {rounds} objects of 8 bytes: {rtt}");
     // Never reconnected: every record fitted.
-    e.expect("status", "status Connected connects=1 skipped=1")
+    e.expect("status", "status Connected connects=1 skipped=1 dropped=0")
         .await;
     e.expect("stop", "stopped").await;
     e.event("runner-ended Stopped", 10).await;
