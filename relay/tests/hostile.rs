@@ -3239,6 +3239,11 @@ async fn large_publishes_to_small_members() {
 /// one member never reads (its writer window never drains) while another reads at
 /// full speed; the stuck one is closed as a slow consumer and, reading again, gets whole
 /// frames and the Close; the reader gets everything.
+///
+/// The relay gives a closing connection two seconds (`CLOSE_GRACE`) to take its last frames
+/// and then drops it, so the stuck member starts reading as soon as the relay has declared it
+/// a slow consumer, while the reader goes on: on a loaded machine the reader's last delivery
+/// can come more than two seconds after that verdict.
 #[tokio::test]
 async fn a_stuck_writer_window_beside_a_full_speed_reader() {
     let (_logs, _guard) = Logs::capture();
@@ -3252,45 +3257,61 @@ async fn a_stuck_writer_window_beside_a_full_speed_reader() {
         let mut tx = Raw::connect(addr).await;
         tx.open(&[], 4096).await;
         const N: usize = 60;
-        let started = Instant::now();
-        // Paced: the reader is never more than two objects behind.
-        for i in 0..N {
-            let payload = vec![i as u8; (1 << 20) + i * 3];
-            assert!(
-                tx.send(&publish(
-                    i as u64 + 1,
-                    PublishKind::Broadcast,
-                    &["tp"],
-                    &payload
-                ))
-                .await
-            );
-            let p = reader
-                .until("delivery", |f| match f {
-                    Frame::Deliver(d) => Some(d.payload.to_vec()),
-                    Frame::Close(c) => panic!("reader closed: {:?} {}", c.code, c.detail),
-                    _ => None,
-                })
-                .await;
-            assert!(
-                p.len() == (1 << 20) + i * 3 && p.iter().all(|b| *b == i as u8),
-                "delivery {i}"
-            );
-        }
-        eprintln!("{N} MiB to the reader in {:?}", started.elapsed());
-        assert_eq!(relay.stats().await.slow_consumers, 1);
-        let mut n = 0;
-        let end = within("stuck reads", PROMPTLY, async {
-            while let Some(b) = stuck.next_frame().await {
-                match frame::decode(&b) {
-                    Ok(Frame::Close(c)) => return Some(c.code),
-                    Ok(_) => n += 1,
-                    Err(e) => panic!("garbage after {n}: {e}"),
-                }
+        let reader_done = std::cell::Cell::new(false);
+        let read_everything = async {
+            let started = Instant::now();
+            // Paced: the reader is never more than two objects behind.
+            for i in 0..N {
+                let payload = vec![i as u8; (1 << 20) + i * 3];
+                assert!(
+                    tx.send(&publish(
+                        i as u64 + 1,
+                        PublishKind::Broadcast,
+                        &["tp"],
+                        &payload
+                    ))
+                    .await
+                );
+                let p = reader
+                    .until("delivery", |f| match f {
+                        Frame::Deliver(d) => Some(d.payload.to_vec()),
+                        Frame::Close(c) => panic!("reader closed: {:?} {}", c.code, c.detail),
+                        _ => None,
+                    })
+                    .await;
+                assert!(
+                    p.len() == (1 << 20) + i * 3 && p.iter().all(|b| *b == i as u8),
+                    "delivery {i}"
+                );
             }
-            None
-        })
-        .await;
+            eprintln!("{N} MiB to the reader in {:?}", started.elapsed());
+            reader_done.set(true);
+        };
+        // Stuck (never reading) until the relay's verdict, then reading again.
+        let stuck_reads = async {
+            while relay.stats().await.slow_consumers == 0 {
+                if reader_done.get() {
+                    // The assertion on the count below says what went wrong.
+                    return (None, 0);
+                }
+                sleep(Duration::from_millis(10)).await;
+            }
+            let mut n = 0;
+            let end = within("stuck reads", PROMPTLY, async {
+                while let Some(b) = stuck.next_frame().await {
+                    match frame::decode(&b) {
+                        Ok(Frame::Close(c)) => return Some(c.code),
+                        Ok(_) => n += 1,
+                        Err(e) => panic!("garbage after {n}: {e}"),
+                    }
+                }
+                None
+            })
+            .await;
+            (end, n)
+        };
+        let ((), (end, n)) = tokio::join!(read_everything, stuck_reads);
+        assert_eq!(relay.stats().await.slow_consumers, 1);
         assert_eq!(end, Some(CloseCode::SlowConsumer), "after {n} frames");
         assert_still_serving(addr).await;
         relay.stop().await;
