@@ -252,11 +252,44 @@ async fn a_member_that_stops_reading_is_disconnected_as_a_slow_consumer() {
             let fast = fast.clone();
             async move { recv_n(&fast, N, Duration::from_secs(20)).await }
         });
-        // One at a time: a member that keeps up is never more than one object behind.
-        for i in 0..N {
-            let receipt = sender.broadcast(&big_object(i), "firehose").unwrap();
-            within("receipt", PROMPTLY, receipt.wait()).await.unwrap();
-        }
+        let sending = async {
+            // One at a time: a member that keeps up is never more than one object behind.
+            for i in 0..N {
+                let receipt = sender.broadcast(&big_object(i), "firehose").unwrap();
+                within("receipt", PROMPTLY, receipt.wait()).await.unwrap();
+            }
+        };
+        // When the slow member reads again, it gets what was on the way, learns why it was
+        // disconnected, reconnects, and gets the retained (last) broadcast. It reads again as
+        // soon as the relay has judged it slow: the relay gives a closing connection 2 s to take
+        // its `Close` and then drops it, and on a loaded machine the rest of the sending loop
+        // takes longer than that.
+        let catching_up = async {
+            within(
+                "the relay judges the member slow",
+                Duration::from_secs(20),
+                async {
+                    while relay.stats().await.slow_consumers == 0 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+            )
+            .await;
+            let mut numbers = Vec::new();
+            within(
+                "the slow member catches up",
+                Duration::from_secs(20),
+                async {
+                    while numbers.last() != Some(&(N - 1)) {
+                        let got = slow.pop(usize::MAX, Wait::Forever).await.unwrap();
+                        numbers.extend(got.iter().map(|r| number_of(&r.value)));
+                    }
+                },
+            )
+            .await;
+            numbers
+        };
+        let ((), numbers) = tokio::join!(sending, catching_up);
         let got = receiving.await.unwrap();
         assert_eq!(
             got.len(),
@@ -267,19 +300,10 @@ async fn a_member_that_stops_reading_is_disconnected_as_a_slow_consumer() {
         for (i, r) in got.iter().enumerate() {
             assert_eq!(number_of(&r.value), i, "in order");
         }
+        // At least once: reconnected, it reads along with the rest of the loop, and on a very
+        // loaded machine it may fall behind and be judged again.
         let stats = relay.stats().await;
-        assert_eq!(stats.slow_consumers, 1, "{stats:?}");
-
-        // When the slow member reads again, it gets what was on the way, learns why it was
-        // disconnected, reconnects, and gets the retained (last) broadcast.
-        let mut numbers = Vec::new();
-        within("the slow member catches up", PROMPTLY, async {
-            while numbers.last() != Some(&(N - 1)) {
-                let got = slow.pop(usize::MAX, Wait::Forever).await.unwrap();
-                numbers.extend(got.iter().map(|r| number_of(&r.value)));
-            }
-        })
-        .await;
+        assert!(stats.slow_consumers >= 1, "{stats:?}");
         assert!(
             numbers.len() < N,
             "the slow member missed some: {}",
