@@ -2353,6 +2353,7 @@ enum BeforeWelcome {
 
 #[tokio::test]
 async fn a_hostile_relay_during_the_handshake_fails_the_first_connect_fast() {
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     let (_logs, _guard) = Logs::capture();
     bounded(async {
         use BeforeWelcome::*;
@@ -2371,7 +2372,7 @@ async fn a_hostile_relay_during_the_handshake_fails_the_first_connect_fast() {
             let connect = Endpoint::<String>::builder(addr.to_string(), PASSWORD)
                 .security(Security::Plain)
                 .groups(["g"])
-                .connect_timeout(Duration::from_secs(2))
+                .connect_timeout(CONNECT_TIMEOUT)
                 .reconnect(fast_backoff())
                 .connect();
             let connect = async {
@@ -2419,8 +2420,9 @@ async fn a_hostile_relay_during_the_handshake_fails_the_first_connect_fast() {
                         f.raw.send(&raw_frame(0x05, &[3, 2, 0xc3, 0x28])).await;
                     }
                     Trickle => {
+                        // All but its last byte, 300 ms apart: 10.8 s, far past the deadline.
                         let challenge = Frame::Challenge(Challenge { nonce: FAKE_NONCE }).to_vec();
-                        for b in challenge.iter().take(10) {
+                        for b in &challenge[..challenge.len() - 1] {
                             if !f.raw.send(&[*b]).await {
                                 break;
                             }
@@ -2435,10 +2437,12 @@ async fn a_hostile_relay_during_the_handshake_fails_the_first_connect_fast() {
                 panic!("{case:?}: the endpoint connected to a hostile relay");
             };
             eprintln!("{case:?}: {error} ({took:?}); the endpoint sent {fake_end:?}");
+            // A trickle ends at the deadline, not when the trickle does; the others end at once,
+            // long before it. (Generous bounds: on a loaded machine timers fire late.)
             let limit = if matches!(case, Trickle) {
-                Duration::from_millis(2600)
+                CONNECT_TIMEOUT + Duration::from_secs(3)
             } else {
-                Duration::from_millis(1500)
+                CONNECT_TIMEOUT - Duration::from_secs(2)
             };
             assert!(took < limit, "{case:?}: failed only after {took:?}");
             let text = error.to_string();
@@ -2477,6 +2481,7 @@ async fn a_hostile_relay_during_the_handshake_fails_the_first_connect_fast() {
                 }
                 Trickle => {
                     assert!(!error.is_permanent(), "{error:?}");
+                    assert!(took >= CONNECT_TIMEOUT, "before the deadline: {took:?}");
                 }
             }
         }
@@ -3327,8 +3332,10 @@ async fn the_handshake_deadline_counts_from_the_accept() {
     let (_logs, _guard) = Logs::capture();
     bounded(async {
         let deadline = Duration::from_secs(2);
-        // Late by less than the deadline's slack, but earlier than twice the deadline.
-        let limit = deadline + deadline * 3 / 10;
+        // Counted twice, the plain relay would close after 2 deadlines and the TLS one after
+        // 1.75 deadlines: half a deadline of slack for timers that fire late on a loaded
+        // machine.
+        let limit = deadline + deadline / 2;
 
         // Plain: silent from the start (the sniff for TLS waits the whole deadline).
         let relay = plain_relay(move |c| c.handshake_timeout = deadline).await;
@@ -3342,12 +3349,13 @@ async fn the_handshake_deadline_counts_from_the_accept() {
         assert!(took < limit, "closed {took:?} after the accept");
         relay.stop().await;
 
-        // TLS: the ClientHello comes half the deadline late, then nothing.
+        // TLS: the ClientHello comes 3/4 of the deadline late (leaving the TLS handshake half a
+        // second), then nothing.
         let creds = TempCreds::generate();
         let relay = tls_relay(&creds, move |c| c.handshake_timeout = deadline).await;
         let tcp = TcpStream::connect(relay.local_addr()).await.unwrap();
         let opened = Instant::now();
-        sleep(deadline / 2).await;
+        sleep(deadline * 3 / 4).await;
         let tls = tls_handshake(&creds.0, tcp)
             .await
             .expect("a late TLS handshake");
