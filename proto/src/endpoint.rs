@@ -426,6 +426,17 @@ impl EndpointSession {
         self.generation
     }
 
+    /// The largest frame [`handle_input`](Self::handle_input) accepts now: the configured
+    /// `max_frame`, and before `Welcome` at most [`RELAY_HANDSHAKE_MAX_FRAME`](frame::RELAY_HANDSHAKE_MAX_FRAME)
+    /// (a relay that has proved nothing yet cannot make a driver buffer more). A driver sizes its
+    /// read buffer by it.
+    pub fn receive_limit(&self) -> u32 {
+        match self.conn.phase {
+            Phase::Open | Phase::Closing => self.config.max_frame,
+            _ => self.config.max_frame.min(frame::RELAY_HANDSHAKE_MAX_FRAME),
+        }
+    }
+
     /// The largest frame the relay accepts (its default until the first `Welcome`).
     pub fn relay_max_frame(&self) -> u32 {
         self.relay_max_frame
@@ -646,11 +657,7 @@ impl EndpointSession {
         }
         // Before `Welcome` the relay sends only small frames (a `Close`'s detail is the longest
         // part): a larger announced frame would only make the driver buffer it.
-        let limit = match self.conn.phase {
-            Phase::Open | Phase::Closing => self.config.max_frame,
-            _ => self.config.max_frame.min(frame::RELAY_HANDSHAKE_MAX_FRAME),
-        };
-        let len = match frame::frame_len(buf, limit) {
+        let len = match frame::frame_len(buf, self.receive_limit()) {
             Ok(None) => return Ok(Input::NeedMore),
             Ok(Some(len)) => len,
             Err(e) => return Err(self.fail_with(Error::Frame(e))),

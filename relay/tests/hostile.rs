@@ -3331,11 +3331,11 @@ async fn a_stuck_writer_window_beside_a_full_speed_reader() {
 async fn the_handshake_deadline_counts_from_the_accept() {
     let (_logs, _guard) = Logs::capture();
     bounded(async {
-        let deadline = Duration::from_secs(2);
+        let deadline = Duration::from_secs(3);
         // Counted twice, the plain relay would close after 2 deadlines and the TLS one after
-        // 1.75 deadlines: half a deadline of slack for timers that fire late on a loaded
-        // machine.
-        let limit = deadline + deadline / 2;
+        // 1.5 deadlines: a third of a deadline (1 s) of slack for timers that fire late on a
+        // loaded machine, and as much again before the TLS case's wrong answer.
+        let limit = deadline + deadline / 3;
 
         // Plain: silent from the start (the sniff for TLS waits the whole deadline).
         let relay = plain_relay(move |c| c.handshake_timeout = deadline).await;
@@ -3349,13 +3349,13 @@ async fn the_handshake_deadline_counts_from_the_accept() {
         assert!(took < limit, "closed {took:?} after the accept");
         relay.stop().await;
 
-        // TLS: the ClientHello comes 3/4 of the deadline late (leaving the TLS handshake half a
-        // second), then nothing.
+        // TLS: the ClientHello comes half the deadline late (leaving the TLS handshake 1.5 s on
+        // a loaded machine), then nothing.
         let creds = TempCreds::generate();
         let relay = tls_relay(&creds, move |c| c.handshake_timeout = deadline).await;
         let tcp = TcpStream::connect(relay.local_addr()).await.unwrap();
         let opened = Instant::now();
-        sleep(deadline * 3 / 4).await;
+        sleep(deadline / 2).await;
         let tls = tls_handshake(&creds.0, tcp)
             .await
             .expect("a late TLS handshake");

@@ -121,7 +121,8 @@ impl Codec for Postcard {
 ///
 /// JSON has no NaN or infinity. serde_json writes them as `null`; this codec refuses an object
 /// holding one instead, with a [`CodecError`] naming the field, so no receiver gets `null`
-/// where a number was sent.
+/// where a number was sent. (To find it, an object whose JSON has a `null` is serialized a
+/// second time: a `Serialize` that can run only once will fail there with its own error.)
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Json;
 

@@ -256,4 +256,39 @@ mod tests {
         assert!(!looks_like_tls(&[0x00, 0x00, 0x00, 0x24, 0x02]));
         assert!(!looks_like_tls(&[0x15]));
     }
+
+    /// Only a deadline that runs out while dialing is marked as saying nothing about the relay
+    /// (the first connect then reports an earlier attempt's reason).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn running_out_dialing_is_marked() {
+        use std::time::Duration;
+        // A listener that never accepts, with its queue full: Linux drops further SYNs, so a
+        // connect hangs until the deadline.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        let cut = loop {
+            let deadline = Instant::now() + Duration::from_millis(300);
+            match open(&addr.to_string(), &Link::Plain, deadline).await {
+                Ok(stream) => queued.push(stream),
+                Err(failure) => break failure,
+            }
+            assert!(queued.len() < 16, "the listener's queue never filled");
+        };
+        assert!(cut.ran_out_dialing, "{}", cut.error);
+        assert!(cut.error.to_string().contains("TCP connect timed out"));
+        drop((queued, listener));
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let Err(refused) = open(&addr, &Link::Plain, deadline).await else {
+            panic!("connected to a closed port");
+        };
+        assert!(!refused.ran_out_dialing, "{}", refused.error);
+    }
 }

@@ -1178,6 +1178,7 @@ fn frames_before_welcome_are_kept_small() {
     let mut s = session();
     s.start_connection(at(0), [1; 32]).unwrap();
     sent(&mut s);
+    assert_eq!(s.receive_limit(), frame::RELAY_HANDSHAKE_MAX_FRAME);
     assert_eq!(s.handle_input(at(1), &prefix), Err(expected.clone()));
     assert_eq!(sent(&mut s), [close(CloseCode::FrameTooLarge, "")]);
     assert!(!expected.is_permanent());
@@ -1194,6 +1195,7 @@ fn frames_before_welcome_are_kept_small() {
     };
     let mut s = session();
     connect(&mut s, at(30), 4, 1, 0);
+    assert_eq!(s.receive_limit(), s.config().max_frame);
     assert_eq!(s.handle_input(at(31), &prefix), Ok(Input::NeedMore));
 }
 

@@ -17,11 +17,13 @@ pub(super) fn check<T: Serialize + ?Sized>(value: &T) -> Result<(), NotFinite> {
 /// A NaN or infinite float, or a failure of the object's own `Serialize`.
 use super::Refusal as NotFinite;
 
-/// Where the walk is: field names and sequence indices from the top.
+/// Where the walk is: field names, sequence indices and map keys from the top.
 enum Step {
     Field(&'static str),
     Index(usize),
-    MapValue,
+    /// A map entry's value, with its key as JSON writes it when the key is text or a number
+    /// (a map, or the fields of a `#[serde(flatten)]` struct, which serialize as map entries).
+    MapValue(Option<String>),
 }
 
 struct Walker {
@@ -42,7 +44,8 @@ impl Walker {
                     at.push_str(name);
                 }
                 Step::Index(i) => at.push_str(&format!("[{i}]")),
-                Step::MapValue => at.push_str("[…]"),
+                Step::MapValue(Some(key)) => at.push_str(&format!("[{key}]")),
+                Step::MapValue(None) => at.push_str("[…]"),
             }
         }
         let what = if value.is_nan() { "NaN" } else { "infinite" };
@@ -69,6 +72,8 @@ impl Walker {
 struct Compound<'a> {
     walker: &'a mut Walker,
     next: usize,
+    /// A map's key, until its value is walked.
+    key: Option<String>,
 }
 
 impl Compound<'_> {
@@ -181,6 +186,7 @@ impl<'a> ser::Serializer for &'a mut Walker {
         Ok(Compound {
             walker: self,
             next: 0,
+            key: None,
         })
     }
     fn serialize_tuple(self, len: usize) -> Result<Compound<'a>, NotFinite> {
@@ -252,12 +258,15 @@ counted! {
 impl ser::SerializeMap for Compound<'_> {
     type Ok = ();
     type Error = NotFinite;
-    fn serialize_key<T: Serialize + ?Sized>(&mut self, _: &T) -> Result<(), NotFinite> {
-        // A JSON key is written as a string: nothing in it becomes null.
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), NotFinite> {
+        // A JSON key is written as a string: nothing in it becomes null (serde_json refuses a
+        // non-finite float key itself). It is kept for the path.
+        self.key = key_text(key);
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotFinite> {
-        self.walker.within(Step::MapValue, value)
+        let key = self.key.take();
+        self.walker.within(Step::MapValue(key), value)
     }
     fn end(self) -> Result<(), NotFinite> {
         Ok(())
@@ -293,3 +302,21 @@ named! {
         w.path.pop();
     };
 }
+
+/// A map key for the path, as JSON writes it (numbers become strings there too), cut short
+/// past [`KEY_SHOWN`] characters; `None` for a key JSON cannot write.
+fn key_text<T: Serialize + ?Sized>(key: &T) -> Option<String> {
+    let json = serde_json::to_string(key).ok()?;
+    let text = match json.strip_prefix('"').and_then(|j| j.strip_suffix('"')) {
+        Some(inner) => inner.to_owned(),
+        None => json,
+    };
+    let shown = match text.char_indices().nth(KEY_SHOWN) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    };
+    Some(format!("\"{shown}\""))
+}
+
+/// The longest key the path shows whole.
+const KEY_SHOWN: usize = 64;

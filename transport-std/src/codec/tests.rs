@@ -152,7 +152,7 @@ fn json_refuses_non_finite_floats_naming_where() {
         by_name: BTreeMap::from([("b".to_owned(), f64::NEG_INFINITY)]),
         ..bad
     };
-    assert!(refused(&bad).contains("by_name[…] is infinite"));
+    assert!(refused(&bad).contains(r#"by_name["b"] is infinite"#));
     assert!(refused(&f64::NAN).contains("the object is NaN"));
     assert!(refused(&Reading::Pair(0.0, f64::NAN)).contains("Pair[1] is NaN"));
     assert!(refused(&Reading::Named { value: f64::NAN }).contains("Named.value is NaN"));
@@ -164,6 +164,45 @@ fn json_refuses_non_finite_floats_naming_where() {
             }
         )])
         .contains("[0][1].Named.value is infinite")
+    );
+}
+
+/// Map entries and `#[serde(flatten)]` fields (which serialize as map entries) are named by
+/// their keys, as JSON writes them.
+#[test]
+fn json_non_finite_paths_name_map_keys() {
+    #[derive(Serialize)]
+    struct Inner {
+        a: f64,
+    }
+    #[derive(Serialize)]
+    struct Outer {
+        id: u8,
+        #[serde(flatten)]
+        inner: Inner,
+    }
+    let text = encode(
+        &Json,
+        &Outer {
+            id: 1,
+            inner: Inner { a: f64::NAN },
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(text.contains(r#"["a"] is NaN"#), "{text}");
+    let text = encode(&Json, &BTreeMap::from([(7u32, vec![1.0, f64::INFINITY])]))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains(r#"["7"][1] is infinite"#), "{text}");
+    // A long key is cut short.
+    let key = "k".repeat(100);
+    let text = encode(&Json, &BTreeMap::from([(key, f32::NAN)]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains(&format!("[\"{}…\"] is NaN", "k".repeat(64))),
+        "{text}"
     );
 }
 

@@ -337,7 +337,6 @@ impl<T, C: Codec> Builder<T, C> {
                 backoff: self.backoff,
                 connect_timeout: self.connect_timeout,
                 write_stall: self.keepalive.saturating_mul(3),
-                max_frame: self.max_frame,
                 busy_poll,
             },
             first_tx,

@@ -49,8 +49,6 @@ pub(crate) struct DriverConfig {
     pub(crate) connect_timeout: Duration,
     /// No progress on a write for this long means the relay is gone.
     pub(crate) write_stall: Duration,
-    /// The largest frame this endpoint accepts (the read buffer never grows beyond it).
-    pub(crate) max_frame: u32,
     /// Told of every read and write, when the builder asked for busy polling.
     pub(crate) busy_poll: Option<BusyPoll>,
 }
@@ -412,20 +410,22 @@ impl Driver {
                 Err(_) => break,
             }
         }
+        let limit = st.session.receive_limit();
         drop(st);
         if delivered {
             shared.rx_ready.notify_waiters();
         }
         self.rbuf.copy_within(start..self.filled, 0);
         self.filled -= start;
-        self.size_read_buffer();
+        self.size_read_buffer(limit);
     }
 
-    /// Makes room for the frame being received (never more than our limit: a longer length
-    /// prefix has already failed the connection), or shrinks back after a large one.
-    fn size_read_buffer(&mut self) {
+    /// Makes room for the frame being received (never more than the session's `limit` now: a
+    /// longer length prefix has already failed the connection, and before `Welcome` that limit
+    /// is far below our `max_frame`), or shrinks back after a large one.
+    fn size_read_buffer(&mut self, limit: u32) {
         let need = tlsro_proto::frame::announced_len(&self.rbuf[..self.filled]).unwrap_or(0);
-        let want = need.min(self.config.max_frame as usize).max(READ_CHUNK);
+        let want = need.min(limit as usize).max(READ_CHUNK);
         if self.rbuf.len() < want {
             // A fresh zeroed buffer rather than `resize`: the allocator hands large ones out as
             // zero pages from the OS, where `resize` would write every byte.
