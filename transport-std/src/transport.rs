@@ -97,10 +97,11 @@ pub(crate) enum Heal {
 pub(crate) struct Failure {
     pub(crate) error: Error,
     pub(crate) heal: Heal,
-    /// The deadline ran out while dialing TCP: this says nothing about the relay (on a busy
-    /// machine an attempt can start just before the deadline), so an earlier attempt's failure
-    /// (a refused connection, say) is the better thing to report.
-    pub(crate) ran_out_dialing: bool,
+    /// The connect deadline cut this attempt short (dialing, or in a handshake): that says only
+    /// that time ran out (on a busy machine an attempt can start just before the deadline), so
+    /// an earlier attempt's failure (a refused connection, a relay at its connection limit) is
+    /// the better thing to report, unless this attempt got further.
+    pub(crate) ran_out_of_time: bool,
 }
 
 impl Failure {
@@ -108,12 +109,20 @@ impl Failure {
         Failure {
             error,
             heal,
-            ran_out_dialing: false,
+            ran_out_of_time: false,
         }
     }
 
     pub(crate) fn retry(error: Error) -> Self {
         Failure::new(error, Heal::Retry)
+    }
+
+    /// An attempt the connect deadline cut short (retried if time is left).
+    pub(crate) fn out_of_time(error: Error) -> Self {
+        Failure {
+            ran_out_of_time: true,
+            ..Failure::retry(error)
+        }
     }
 }
 
@@ -127,10 +136,7 @@ pub(crate) async fn open(addr: &str, link: &Link, deadline: Instant) -> Result<S
                 io::ErrorKind::TimedOut,
                 "TCP connect timed out",
             )));
-            return Err(Failure {
-                ran_out_dialing: true,
-                ..Failure::retry(error)
-            });
+            return Err(Failure::out_of_time(error));
         }
     };
     tcp.set_nodelay(true)
@@ -142,7 +148,7 @@ pub(crate) async fn open(addr: &str, link: &Link, deadline: Instant) -> Result<S
             match timeout_at(deadline, connector.connect(name.clone(), tcp)).await {
                 Ok(Ok(tls)) => Ok(Stream::new(Box::new(tls))),
                 Ok(Err(e)) => Err(tls_failure(e)),
-                Err(_) => Err(Failure::retry(Error::TlsHandshake(
+                Err(_) => Err(Failure::out_of_time(Error::TlsHandshake(
                     "the TLS handshake timed out".to_owned(),
                 ))),
             }
@@ -278,7 +284,7 @@ mod tests {
             }
             assert!(queued.len() < 16, "the listener's queue never filled");
         };
-        assert!(cut.ran_out_dialing, "{}", cut.error);
+        assert!(cut.ran_out_of_time, "{}", cut.error);
         assert!(cut.error.to_string().contains("TCP connect timed out"));
         drop((queued, listener));
 
@@ -289,6 +295,6 @@ mod tests {
         let Err(refused) = open(&addr, &Link::Plain, deadline).await else {
             panic!("connected to a closed port");
         };
-        assert!(!refused.ran_out_dialing, "{}", refused.error);
+        assert!(!refused.ran_out_of_time, "{}", refused.error);
     }
 }

@@ -89,9 +89,15 @@ struct Unreachable {
 
 impl Unreachable {
     fn record(&mut self, failure: &Failure, tcp_connected: bool) {
-        // Running out of time while dialing says nothing about the relay: keep what an earlier
-        // attempt learnt (a refused connection, say).
-        if !failure.ran_out_dialing || self.telling.is_none() {
+        let replace = match &self.telling {
+            None => true,
+            // Cut short by the deadline, an attempt says only that time ran out: it replaces
+            // what an earlier one learnt (a refused connection, a relay at its connection
+            // limit) only if it got further (a TCP connection where the earlier got none).
+            Some((_, earlier_tcp)) if failure.ran_out_of_time => tcp_connected && !earlier_tcp,
+            Some(_) => true,
+        };
+        if replace {
             self.telling = Some((failure.error.clone(), tcp_connected));
         }
     }
@@ -299,7 +305,7 @@ impl Driver {
                 }
                 _ = sleep_until_opt(plan.stop_deadline) => {}
                 _ = sleep_until_opt(handshake_deadline) => {
-                    return Err(Failure::retry(Error::Protocol(SessionError::HandshakeTimeout)));
+                    return Err(Failure::out_of_time(Error::Protocol(SessionError::HandshakeTimeout)));
                 }
                 _ = std::future::ready(()), if plan.more_output => {}
             }
@@ -777,30 +783,46 @@ mod unreachable_tests {
     }
 
     #[test]
-    fn running_out_of_time_dialing_keeps_the_earlier_reason() {
+    fn running_out_of_time_keeps_the_earlier_reason() {
         let refused = io_failure(io::ErrorKind::ConnectionRefused, "connection refused");
-        let cut = Failure {
-            ran_out_dialing: true,
-            ..io_failure(io::ErrorKind::TimedOut, "TCP connect timed out")
-        };
+        let cut_dialing = Failure::out_of_time(Error::Io(Arc::new(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "TCP connect timed out",
+        ))));
+        let cut_handshaking = Failure::out_of_time(Error::Protocol(SessionError::HandshakeTimeout));
         let mut report = Unreachable::default();
         report.record(&refused, false);
-        report.record(&cut, false);
+        report.record(&cut_dialing, false);
         assert_eq!(report.reason(), "I/O error: connection refused");
 
         // With nothing earlier, the timeout is all there is to say.
         let mut report = Unreachable::default();
-        report.record(&cut, false);
+        report.record(&cut_dialing, false);
         assert_eq!(report.reason(), "I/O error: TCP connect timed out");
 
-        // A later failure that says something about the relay replaces an earlier one.
-        let handshake = Failure::retry(Error::TlsHandshake("the TLS handshake timed out".into()));
+        // A relay at its connection limit said so on every attempt but the last, which the
+        // deadline cut in the handshake: its refusal is the answer.
+        let busy = Failure::retry(Error::Closed("relay has too many connections".to_owned()));
+        let mut report = Unreachable::default();
+        report.record(&busy, true);
+        report.record(&cut_handshaking, true);
+        assert!(
+            report.reason().contains("too many connections"),
+            "{}",
+            report.reason()
+        );
+
+        // A cut attempt that got further than the earlier ones (a TCP connection where they
+        // were refused) replaces them: something is there.
         let mut report = Unreachable::default();
         report.record(&refused, false);
-        report.record(&handshake, true);
-        report.record(&cut, false);
+        report.record(&cut_handshaking, true);
+        report.record(&cut_dialing, false);
         let reason = report.reason();
-        assert!(reason.starts_with("TLS handshake"), "{reason}");
+        assert!(
+            reason.starts_with("the handshake with the relay timed out"),
+            "{reason}"
+        );
         assert!(reason.contains("accepts TCP connections there"), "{reason}");
     }
 }
