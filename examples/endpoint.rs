@@ -10,7 +10,8 @@
 //! credentials directory to the one `tlsro-relay` uses by default: the CA is `DIR/ca.pem`, the
 //! password `DIR/password` (or the `TLSRO_PASSWORD` environment variable). `listen` prints every
 //! object of GROUP as it arrives (granting N credits for produced objects, 100 by default) until
-//! Ctrl-C; `broadcast` and `produce` send one text and wait for the relay's verdict.
+//! Ctrl-C; `broadcast` and `produce` send one text and wait for the relay's verdict. The
+//! library's warnings go to stderr; `RUST_LOG=debug` shows every connection attempt too.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +52,15 @@ enum Command {
 
 #[tokio::main]
 async fn main() {
+    // The library reports through `tracing`: warnings (a password file others can read, a lost
+    // connection) by default, each failed connection attempt with RUST_LOG=debug.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     if let Err(e) = run(Args::parse()).await {
         eprintln!("error: {e}");
         std::process::exit(1);

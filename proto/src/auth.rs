@@ -40,6 +40,15 @@ impl Role {
     }
 }
 
+/// Refuses a password that proves nothing: an empty one (a relay and an endpoint that both
+/// forgot to set it would otherwise "authenticate" each other).
+pub fn check_password(password: &[u8]) -> Result<(), &'static str> {
+    if password.is_empty() {
+        return Err("the password is empty: an empty password proves nothing");
+    }
+    Ok(())
+}
+
 /// The key both sides derive from the shared password.
 #[derive(Clone)]
 pub struct AuthKey([u8; 32]);

@@ -117,6 +117,8 @@ impl RelayBuilder {
     pub async fn start(self) -> Result<RelayHandle, StartError> {
         let security = self.security.ok_or(StartError::NoSecurity)?;
         let password = self.password;
+        tlsro_proto::auth::check_password(&password)
+            .map_err(|e| StartError::InvalidConfig(e.to_owned()))?;
         // PBKDF2 takes a few milliseconds: keep it off the async threads.
         let key = tokio::task::spawn_blocking(move || AuthKey::derive(&password))
             .await

@@ -170,6 +170,33 @@ async fn relay_refuses_limits_that_serve_nobody() {
     .await
 }
 
+/// An empty password proves nothing: a relay and an endpoint that both forgot to set one would
+/// "authenticate" each other. Both refuse it before doing anything.
+#[tokio::test]
+async fn an_empty_password_is_refused_on_both_sides() {
+    bounded(async {
+        match plain_relay(b"").start().await {
+            Err(StartError::InvalidConfig(m)) => assert!(m.contains("password is empty"), "{m}"),
+            Err(e) => panic!("{e:?}"),
+            Ok(relay) => {
+                relay.stop().await;
+                panic!("a relay started with an empty password");
+            }
+        }
+        let relay = relay().await;
+        match plain_endpoint::<u32>(relay.local_addr(), b"")
+            .connect()
+            .await
+        {
+            Err(Error::InvalidConfig(m)) => assert!(m.contains("password is empty"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(relay.stats().await.accepted, 0, "refused before dialling");
+        relay.stop().await;
+    })
+    .await
+}
+
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 struct Reading {
     x: f64,

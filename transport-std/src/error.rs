@@ -28,11 +28,12 @@ pub enum Error {
     )]
     RelayNotAuthenticated,
     /// The relay could not be reached within the connect timeout.
-    #[error("relay at {addr} unreachable: {reason} (is the relay running and listening there?)")]
+    #[error("relay at {addr} unreachable: {reason}")]
     RelayUnreachable {
         /// The address dialled.
         addr: String,
-        /// The last failure seen.
+        /// The last failure that says something about the relay (an attempt the deadline cut
+        /// short says less than a refusal before it), with what to check.
         reason: String,
     },
     /// The relay refused a group this endpoint asked to join (not on its allow-list).

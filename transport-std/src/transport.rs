@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, lookup_host};
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
 
@@ -126,9 +126,30 @@ impl Failure {
     }
 }
 
+/// Whether `error` is [`open`]'s failure to resolve the relay's host name.
+pub(crate) fn is_unresolved(error: &Error) -> bool {
+    matches!(error, Error::Io(e) if e.kind() == io::ErrorKind::NotFound)
+}
+
 /// Dials `addr` and secures the connection, all before `deadline`.
 pub(crate) async fn open(addr: &str, link: &Link, deadline: Instant) -> Result<Stream, Failure> {
-    let tcp = match timeout_at(deadline, TcpStream::connect(addr)).await {
+    // Resolved first, so that a host name nobody knows is told apart from a relay that is not
+    // there (both would otherwise be "unreachable").
+    let resolved = match timeout_at(deadline, lookup_host(addr)).await {
+        Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
+        Ok(Err(e)) => {
+            let error = io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("cannot resolve {addr}: {e}"),
+            );
+            return Err(Failure::retry(Error::Io(Arc::new(error))));
+        }
+        Err(_) => {
+            let error = io::Error::new(io::ErrorKind::TimedOut, "resolving the host timed out");
+            return Err(Failure::out_of_time(Error::Io(Arc::new(error))));
+        }
+    };
+    let tcp = match timeout_at(deadline, TcpStream::connect(&resolved[..])).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => return Err(Failure::retry(e.into())),
         Err(_) => {

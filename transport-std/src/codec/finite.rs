@@ -56,7 +56,7 @@ impl Walker {
         };
         Err(NotFinite(format!(
             "{at} ({ty}); JSON has no NaN or infinity (serde_json would send null): use \
-             Postcard, or send the value in a form JSON has (an Option, a string)"
+             Postcard, or send the value in a form JSON has (None in an Option, a string)"
         )))
     }
 

@@ -279,6 +279,8 @@ impl<T, C: Codec> Builder<T, C> {
                 Link::Tls { config, name }
             }
         };
+        tlsro_proto::auth::check_password(&self.password)
+            .map_err(|e| Error::InvalidConfig(e.to_owned()))?;
         if self.max_frame < MIN_MAX_FRAME {
             return Err(Error::InvalidConfig(format!(
                 "max_frame must be at least {MIN_MAX_FRAME} bytes, not {}",

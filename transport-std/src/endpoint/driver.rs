@@ -111,7 +111,12 @@ impl Unreachable {
                  handshake (a relay busy with too many handshakes, or another service on that \
                  port?)"
             ),
-            Some((error, false)) => error.to_string(),
+            Some((error, false)) if transport::is_unresolved(error) => {
+                format!("{error} (check the host name)")
+            }
+            Some((error, false)) => {
+                format!("{error} (is the relay running and listening there?)")
+            }
             None => "no connection attempt finished".to_owned(),
         }
     }
@@ -538,7 +543,13 @@ impl Driver {
             Ok(()) => st.status = Status::Stopped,
             Err(_) if stop_requested => st.status = Status::Stopped,
             Err(e) => {
-                tracing::error!(relay = %self.config.addr, error = %e, "endpoint failed");
+                // A first connect returns its error to the caller: logged as an error too, every
+                // failure would be said twice.
+                if self.ctl.first.is_some() {
+                    tracing::debug!(relay = %self.config.addr, error = %e, "first connect failed");
+                } else {
+                    tracing::error!(relay = %self.config.addr, error = %e, "endpoint failed");
+                }
                 st.status = Status::Failed(e.clone());
             }
         }
@@ -793,12 +804,25 @@ mod unreachable_tests {
         let mut report = Unreachable::default();
         report.record(&refused, false);
         report.record(&cut_dialing, false);
-        assert_eq!(report.reason(), "I/O error: connection refused");
+        assert_eq!(
+            report.reason(),
+            "I/O error: connection refused (is the relay running and listening there?)"
+        );
 
         // With nothing earlier, the timeout is all there is to say.
         let mut report = Unreachable::default();
         report.record(&cut_dialing, false);
-        assert_eq!(report.reason(), "I/O error: TCP connect timed out");
+        assert_eq!(
+            report.reason(),
+            "I/O error: TCP connect timed out (is the relay running and listening there?)"
+        );
+
+        // A host name nobody knows is not a relay that is not running.
+        let unknown = io_failure(io::ErrorKind::NotFound, "cannot resolve relay.invalid:7000");
+        let mut report = Unreachable::default();
+        report.record(&unknown, false);
+        let reason = report.reason();
+        assert!(reason.ends_with("(check the host name)"), "{reason}");
 
         // A relay at its connection limit said so on every attempt but the last, which the
         // deadline cut in the handshake: its refusal is the answer.
