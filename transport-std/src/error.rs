@@ -61,12 +61,15 @@ pub enum Error {
     /// The configuration given to the builder is unusable (bad address, group name, CA file).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    /// An object needs a larger frame than the receiver accepts.
-    #[error("the object needs a {size}-byte frame, the limit is {max} bytes")]
+    /// An object needs a larger frame than the relay accepts.
+    #[error(
+        "the object needs a {size}-byte frame, the relay accepts at most {max} bytes (its \
+         max_object_size plus 1 KiB of framing)"
+    )]
     FrameTooLarge {
         /// Size of the frame, prefix included.
         size: u64,
-        /// The limit.
+        /// The relay's limit (`Welcome.max_frame`).
         max: u32,
     },
     /// `notify` for a group this endpoint is not a member of.
