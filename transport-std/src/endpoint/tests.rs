@@ -1274,7 +1274,12 @@ async fn stop_while_disconnected() {
     .await;
     let started = Instant::now();
     bounded("stop", endpoint.stop()).await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(200));
+    // Not the stop timeout (5 s by default): at once, with room for a loaded machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(matches!(endpoint.status(), Status::Stopped));
 }
 
