@@ -560,7 +560,8 @@ async fn receive_calls_with_every_wait_mode() {
     assert!(endpoint.pop(5, Wait::No).await.unwrap().is_empty());
     assert!(endpoint.get_last(5, Wait::No).await.unwrap().is_empty());
     assert!(endpoint.receive_all(Wait::No).await.unwrap().is_empty());
-    assert!(started.elapsed() < Duration::from_millis(100));
+    // Returned without waiting (a generous bound: a loaded machine may not run us for a while).
+    assert!(started.elapsed() < Duration::from_secs(1));
     let started = Instant::now();
     let got = bounded(
         "pop",
