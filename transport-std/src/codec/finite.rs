@@ -74,6 +74,8 @@ struct Compound<'a> {
     next: usize,
     /// A map's key, until its value is walked.
     key: Option<String>,
+    /// An enum variant's fields: its name is on the path until the compound ends.
+    variant: bool,
 }
 
 impl Compound<'_> {
@@ -81,6 +83,13 @@ impl Compound<'_> {
         let i = self.next;
         self.next += 1;
         self.walker.within(Step::Index(i), value)
+    }
+
+    fn finish(self) -> Result<(), NotFinite> {
+        if self.variant {
+            self.walker.path.pop();
+        }
+        Ok(())
     }
 }
 
@@ -187,6 +196,7 @@ impl<'a> ser::Serializer for &'a mut Walker {
             walker: self,
             next: 0,
             key: None,
+            variant: false,
         })
     }
     fn serialize_tuple(self, len: usize) -> Result<Compound<'a>, NotFinite> {
@@ -206,9 +216,12 @@ impl<'a> ser::Serializer for &'a mut Walker {
         variant: &'static str,
         len: usize,
     ) -> Result<Compound<'a>, NotFinite> {
-        // The variant's name stays on the path until the compound ends (`end` pops it).
         self.path.push(Step::Field(variant));
-        self.serialize_seq(Some(len))
+        let compound = self.serialize_seq(Some(len))?;
+        Ok(Compound {
+            variant: true,
+            ..compound
+        })
     }
     fn serialize_map(self, len: Option<usize>) -> Result<Compound<'a>, NotFinite> {
         self.serialize_seq(len)
@@ -227,9 +240,9 @@ impl<'a> ser::Serializer for &'a mut Walker {
     }
 }
 
-/// The compounds whose elements are counted: `$method` walks one element, `$end` closes.
+/// The compounds whose elements are counted: `$method` walks one element.
 macro_rules! counted {
-    ($($trait:ident :: $method:ident, end: $end:expr;)*) => {$(
+    ($($trait:ident :: $method:ident;)*) => {$(
         impl ser::$trait for Compound<'_> {
             type Ok = ();
             type Error = NotFinite;
@@ -237,22 +250,17 @@ macro_rules! counted {
                 self.element(value)
             }
             fn end(self) -> Result<(), NotFinite> {
-                let end: fn(&mut Walker) = $end;
-                end(self.walker);
-                Ok(())
+                self.finish()
             }
         }
     )*};
 }
 
 counted! {
-    SerializeSeq::serialize_element, end: |_| {};
-    SerializeTuple::serialize_element, end: |_| {};
-    SerializeTupleStruct::serialize_field, end: |_| {};
-    // The variant's name was pushed by `serialize_tuple_variant`.
-    SerializeTupleVariant::serialize_field, end: |w| {
-        w.path.pop();
-    };
+    SerializeSeq::serialize_element;
+    SerializeTuple::serialize_element;
+    SerializeTupleStruct::serialize_field;
+    SerializeTupleVariant::serialize_field;
 }
 
 impl ser::SerializeMap for Compound<'_> {
@@ -269,13 +277,13 @@ impl ser::SerializeMap for Compound<'_> {
         self.walker.within(Step::MapValue(key), value)
     }
     fn end(self) -> Result<(), NotFinite> {
-        Ok(())
+        self.finish()
     }
 }
 
-/// The compounds whose fields have names; `$end` closes.
+/// The compounds whose fields have names.
 macro_rules! named {
-    ($($trait:ident, end: $end:expr;)*) => {$(
+    ($($trait:ident;)*) => {$(
         impl ser::$trait for Compound<'_> {
             type Ok = ();
             type Error = NotFinite;
@@ -287,20 +295,15 @@ macro_rules! named {
                 self.walker.within(Step::Field(key), value)
             }
             fn end(self) -> Result<(), NotFinite> {
-                let end: fn(&mut Walker) = $end;
-                end(self.walker);
-                Ok(())
+                self.finish()
             }
         }
     )*};
 }
 
 named! {
-    SerializeStruct, end: |_| {};
-    // The variant's name was pushed by `serialize_struct_variant`.
-    SerializeStructVariant, end: |w| {
-        w.path.pop();
-    };
+    SerializeStruct;
+    SerializeStructVariant;
 }
 
 /// A map key for the path, as JSON writes it (numbers become strings there too), cut short

@@ -156,6 +156,14 @@ fn json_refuses_non_finite_floats_naming_where() {
     assert!(refused(&f64::NAN).contains("the object is NaN"));
     assert!(refused(&Reading::Pair(0.0, f64::NAN)).contains("Pair[1] is NaN"));
     assert!(refused(&Reading::Named { value: f64::NAN }).contains("Named.value is NaN"));
+    // A variant's name leaves the path when its fields end.
+    let after_variants = (
+        Reading::Pair(0.0, 0.0),
+        Reading::Named { value: 1.0 },
+        f64::NAN,
+    );
+    let text = refused(&after_variants);
+    assert!(text.contains(": [2] is NaN"), "{text}");
     assert!(
         refused(&vec![(
             1u8,
