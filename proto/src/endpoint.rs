@@ -427,9 +427,9 @@ impl EndpointSession {
     }
 
     /// The largest frame [`handle_input`](Self::handle_input) accepts now: the configured
-    /// `max_frame`, and before `Welcome` at most [`RELAY_HANDSHAKE_MAX_FRAME`](frame::RELAY_HANDSHAKE_MAX_FRAME)
-    /// (a relay that has proved nothing yet cannot make a driver buffer more). A driver sizes its
-    /// read buffer by it.
+    /// `max_frame`, and before `Welcome` at most
+    /// [`RELAY_HANDSHAKE_MAX_FRAME`](frame::RELAY_HANDSHAKE_MAX_FRAME) (a relay that has proved
+    /// nothing yet cannot make a driver buffer more). A driver sizes its read buffer by it.
     pub fn receive_limit(&self) -> u32 {
         match self.conn.phase {
             Phase::Open | Phase::Closing => self.config.max_frame,
@@ -655,8 +655,6 @@ impl EndpointSession {
         if !buf.is_empty() && matches!(self.conn.phase, Phase::Open | Phase::Closing) {
             self.conn.last_rx = now;
         }
-        // Before `Welcome` the relay sends only small frames (a `Close`'s detail is the longest
-        // part): a larger announced frame would only make the driver buffer it.
         let len = match frame::frame_len(buf, self.receive_limit()) {
             Ok(None) => return Ok(Input::NeedMore),
             Ok(Some(len)) => len,
